@@ -1,0 +1,1 @@
+"""Mailroom: a small FastAPI service that signs users up and imports contact lists."""

@@ -1,0 +1,68 @@
+"""pytest-bgtasks: capture, control and assert FastAPI and Starlette background tasks.
+
+The names below load on first use, so a pytest session that never uses the plugin imports
+nothing of it beyond its hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._capture import (
+        BackgroundTaskCapture,
+        SimulatedTaskError,
+        TaskLog,
+        assert_no_tasks,
+        assert_task_added,
+        assert_task_count,
+        assert_task_failed,
+        assert_task_not_added,
+        assert_task_ran,
+        assert_tasks_in_order,
+    )
+    from ._matching import ExpectedTask, task
+    from ._records import TaskRecord, TaskRequest, TaskStatus
+    from .plugin import BackgroundTaskWarning
+
+__all__ = (
+    "BackgroundTaskCapture",
+    "BackgroundTaskWarning",
+    "ExpectedTask",
+    "SimulatedTaskError",
+    "TaskLog",
+    "TaskRecord",
+    "TaskRequest",
+    "TaskStatus",
+    "assert_no_tasks",
+    "assert_task_added",
+    "assert_task_count",
+    "assert_task_failed",
+    "assert_task_not_added",
+    "assert_task_ran",
+    "assert_tasks_in_order",
+    "task",
+)
+
+_HOMES = {
+    "ExpectedTask": "_matching",
+    "task": "_matching",
+    "TaskRecord": "_records",
+    "TaskRequest": "_records",
+    "TaskStatus": "_records",
+    "BackgroundTaskWarning": "plugin",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'pytest_bgtasks' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"pytest_bgtasks.{_HOMES.get(name, '_capture')}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

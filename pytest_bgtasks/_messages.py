@@ -1,0 +1,145 @@
+"""Every message a user reads: assertion failures, teardown failures, the report section."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._matching import ExpectedTask
+from ._records import TaskRecord, TaskStatus
+
+LISTED_AT_MOST = 50
+"""Records listed in one message; the rest are counted."""
+
+
+def count(n: int, noun: str = "background task") -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def was(n: int) -> str:
+    return "was" if n == 1 else "were"
+
+
+def listing(records: Sequence[TaskRecord]) -> str:
+    """'2 background tasks were added:' and one line per record, or 'No background tasks
+    were added.'"""
+    if not records:
+        return "No background tasks were added."
+    return f"{count(len(records))} {was(len(records))} added:\n{bullets(records)}"
+
+
+def bullets(records: Sequence[TaskRecord]) -> str:
+    lines = [f"- {record.describe()}" for record in records[:LISTED_AT_MOST]]
+    if len(records) > LISTED_AT_MOST:
+        lines.append(f"... and {len(records) - LISTED_AT_MOST} more")
+    return "\n".join(lines)
+
+
+def missing(expected: ExpectedTask, outcome: str, records: Sequence[TaskRecord], hint: str) -> str:
+    """`No background task matching f('a') was added.` with what was added instead."""
+    lines = [f"No background task matching {expected.call} {outcome}.", listing(records)]
+    if hint:
+        lines.append(hint)
+    return "\n".join(lines)
+
+
+def unexpected(expected: ExpectedTask | None, found: Sequence[TaskRecord], wanted: int) -> str:
+    what = "background tasks" if expected is None else f"background tasks matching {expected.call}"
+    if wanted == 0:
+        head = f"Expected no {what}, but {len(found)} {was(len(found))} added:"
+    else:
+        head = f"Expected {wanted} {what}, but {len(found)} {was(len(found))} added"
+        head += ":" if found else "."
+    return "\n".join([head, bullets(found)]) if found else head
+
+
+def status_hint(record: TaskRecord) -> str:
+    """Why a record that matches did not reach the status an assertion wanted."""
+    status = record.status
+    if status is TaskStatus.PENDING:
+        return "its response has not finished"
+    if status is TaskStatus.DEFERRED:
+        return "run it with bgtasks.run_deferred() (await bgtasks.arun_deferred() in async tests)"
+    if status is TaskStatus.SKIPPED:
+        return 'it was skipped (mode "skip" or bgtasks.skip())'
+    if status is TaskStatus.RAN:
+        return "it ran without raising"
+    if status is TaskStatus.FAILED:
+        return f"it raised {record.exception!r}"
+    return record.reason or str(status)
+
+
+def matching_hint(record: TaskRecord, wanted: str) -> str:
+    hint = status_hint(record)
+    return f"The matching task #{record.index} is {record.status}, not {wanted}: {hint}."
+
+
+def out_of_order(
+    expected: Sequence[ExpectedTask],
+    matched: Sequence[TaskRecord],
+    earlier: TaskRecord | None,
+    records: Sequence[TaskRecord],
+) -> str:
+    wanted = expected[len(matched)]
+    lines = [
+        "Background tasks were not added in the expected order.",
+        "Expected, in this order: " + ", ".join(item.call for item in expected),
+    ]
+    if matched:
+        last = matched[-1]
+        lines.append(f"Found {last.call} at #{last.index}, then no {wanted.call} after it.")
+    else:
+        lines.append(f"No {wanted.call} was added.")
+    if earlier is not None:
+        lines.append(f"{earlier.call} was added at #{earlier.index}, before that.")
+    lines.append(listing(records))
+    return "\n".join(lines)
+
+
+def dropped(records: Sequence[TaskRecord]) -> str:
+    n = len(records)
+    return (
+        f"{count(n)} {was(n)} added but never run: its response never carried "
+        f"{'it' if n == 1 else 'them'}.\n"
+        f"{bullets(records)}\n"
+        'If this is expected, use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".'
+    )
+
+
+def unseen_failures(records: Sequence[TaskRecord]) -> str:
+    n = len(records)
+    parts = [
+        f"{count(n)} raised and the test never saw the exception "
+        "(the client or a middleware hid it):"
+    ]
+    for record in records:
+        parts.append(f"- {record.describe()}")
+        parts.append(_indent(format_exception(record.exception)))
+    parts.append(
+        "If the test expects this, assert it with bgtasks.assert_task_failed(...) and "
+        "use @pytest.mark.bgtasks(allow_failures=True)."
+    )
+    return "\n".join(parts)
+
+
+def unrun_deferred(records: Sequence[TaskRecord]) -> str:
+    n = len(records)
+    return (
+        f"{count(n, 'deferred background task')} {was(n)} never run:\n{bullets(records)}\n"
+        "Run them with bgtasks.run_deferred(), or drop assert_all_run=True."
+    )
+
+
+def report_section(records: Sequence[TaskRecord]) -> str:
+    return bullets(records) if records else "No background tasks were added."
+
+
+def format_exception(exc: BaseException | None) -> str:
+    import traceback
+
+    if exc is None:
+        return ""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())

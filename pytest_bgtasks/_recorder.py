@@ -1,0 +1,235 @@
+"""Turns what the Starlette patches see into records: one `Recorder` receives every task
+created, added, called, and every request that starts and finishes, for all active captures.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import sys
+import threading
+from typing import Any, Protocol
+
+from ._matching import callable_name
+from ._records import TaskRecord, TaskRequest, TaskStatus
+
+
+class Controller(Protocol):
+    """The capture that decides what happens to tasks (the innermost `BackgroundTaskCapture`)."""
+
+    _records: list[TaskRecord]
+
+    async def _dispatch(self, record: TaskRecord) -> None: ...
+
+
+class RequestScope:
+    """One request while it runs: what it scheduled and how it ended."""
+
+    __slots__ = ("error", "handled", "kind", "records", "request", "status")
+
+    def __init__(self, kind: str, method: str, path: str) -> None:
+        self.kind = kind
+        self.request = TaskRequest(method, path)
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self.handled: list[BaseException] = []
+        self.records: list[TaskRecord] = []
+
+    def note_handled(self, exc: BaseException) -> None:
+        self.handled.append(exc)
+
+
+class DeferredRun:
+    """A deferred task being run by `run_deferred()`, and the tasks it schedules."""
+
+    __slots__ = ("children", "record")
+
+    def __init__(self, record: TaskRecord) -> None:
+        self.record = record
+        self.children: list[TaskRecord] = []
+
+
+deferred_run: contextvars.ContextVar[DeferredRun | None] = contextvars.ContextVar(
+    "pytest_bgtasksdeferred_run", default=None
+)
+
+
+class Recorder:
+    """The one receiver of what the Starlette patches see, shared by all active captures."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.logs: list[Any] = []
+        """Active captures and blocks, outermost first; each has a `_records` list."""
+        self.by_task: dict[int, TaskRecord] = {}
+
+    def controller(self) -> Any:
+        """The innermost active capture that decides what happens to tasks, or None."""
+        for log in reversed(self.logs):
+            if log._controls:
+                return log
+        return None
+
+    def push(self, log: Any) -> None:
+        from . import _starlette
+
+        with self.lock:
+            if log in self.logs:
+                raise RuntimeError("This capture is active already.")
+            _starlette.install()
+            self.logs.append(log)
+            _starlette.set_receiver(self)
+
+    def pop(self, log: Any) -> None:
+        from . import _starlette
+
+        with self.lock:
+            if log in self.logs:
+                self.logs.remove(log)
+            if not self.logs:
+                _starlette.set_receiver(None)
+                self.by_task.clear()
+
+    def record(self, task: Any) -> TaskRecord | None:
+        record = self.by_task.get(id(task))
+        return record if record is not None and record._task is task else None
+
+    def _new_record(
+        self, task: Any, site: tuple[str, int] | None, scope: RequestScope | None
+    ) -> TaskRecord | None:
+        # Called with the lock held.
+        if not self.logs:
+            return None
+        run = deferred_run.get()
+        record = TaskRecord(
+            task,
+            index=len(self.logs[0]._records),
+            site=site,
+            scope=scope,
+            generation=run.record._generation + 1 if run is not None else 0,
+        )
+        for log in self.logs:
+            log._records.append(record)
+        self.by_task[id(task)] = record
+        if scope is not None:
+            scope.records.append(record)
+        if run is not None:
+            run.children.append(record)
+        return record
+
+    # -- what the patches report -----------------------------------------------------------
+
+    def task_created(self, task: Any, site: tuple[str, int] | None, scope: Any) -> None:
+        with self.lock:
+            record = self._new_record(task, site, scope)
+        if record is not None:
+            record.problem = misuse(task.func)
+
+    def task_added(self, batch: Any, task: Any) -> None:
+        record = self.record(task)
+        if record is not None:
+            record._batch = batch
+
+    def batch_created(self, batch: Any) -> None:
+        for item in batch.tasks:
+            record = self.record(item)
+            if record is not None:
+                record._batch = batch
+
+    async def task_called(self, task: Any) -> None:
+        from . import _starlette
+
+        controller = self.controller()
+        record = self._record_for_call(task) if controller is not None else None
+        if controller is None or record is None:
+            await _starlette.run_task(task)
+            return
+        await controller._dispatch(record)
+
+    def request_started(self, kind: str, method: str, path: str) -> RequestScope:
+        return RequestScope(kind, method, path)
+
+    def request_finished(self, scope: RequestScope) -> None:
+        for record in scope.records:
+            if record.status is TaskStatus.PENDING and not record._started:
+                settle_unstarted(record, scope)
+
+    def _record_for_call(self, task: Any) -> TaskRecord | None:
+        from . import _starlette
+
+        scope = _starlette.current_scope()
+        with self.lock:
+            record = self.record(task)
+            if record is None:
+                return self._new_record(task, None, scope)
+            if not record._started:
+                return record
+            # The same BackgroundTask object runs again: a response reused across requests.
+            again = self._new_record(task, record._site, scope)
+        if again is not None:
+            again._batch = record._batch
+            again.problem = (
+                f"this BackgroundTask object already ran as #{record.index} ({record!r}): "
+                "a response object reused across requests runs its tasks again"
+            )
+        return again
+
+
+recorder = Recorder()
+
+
+def misuse(func: object) -> str | None:
+    if inspect.iscoroutine(func):
+        return (
+            f"add_task() was given a coroutine object, {callable_name(func)}: pass the "
+            "function and its arguments instead, add_task(func, *args)"
+        )
+    if not callable(func):
+        return f"add_task() was given {func!r}, which is not callable"
+    return None
+
+
+def settle_unstarted(record: TaskRecord, scope: RequestScope) -> None:
+    """A task of a finished request that nothing ever called: why not?"""
+    error = scope.error
+    if scope.kind == "websocket":
+        record.status = TaskStatus.DROPPED
+        record.reason = "never run: a WebSocket endpoint never runs background tasks"
+        return
+    if error is not None and is_cancellation(error):
+        record.status = TaskStatus.CANCELLED
+        record.reason = "never started: its request was cancelled"
+        return
+    record.status = TaskStatus.DROPPED
+    record._excused = True
+    if error is not None:
+        record.reason = f"never run: the request raised {error!r}"
+    elif scope.handled:
+        record.reason = f"never run: the endpoint raised {scope.handled[-1]!r}" + (
+            f", answered with {scope.status}" if scope.status is not None else ""
+        )
+    elif scope.status is not None and scope.status >= 400:
+        record.reason = f"never run: the request ended with a {scope.status} response"
+    else:
+        record._excused = False
+        ran = [other for other in scope.records if other._started and other._batch is None]
+        if ran:
+            record.reason = (
+                f"never run: the response carried {ran[0].call} instead; an endpoint that "
+                "returns a response with its own `background` replaces the injected "
+                "BackgroundTasks"
+            )
+        else:
+            record.reason = (
+                "never run: no response carried it (its BackgroundTasks was never attached "
+                "to the response, or a middleware replaced the response)"
+            )
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    import asyncio
+
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)

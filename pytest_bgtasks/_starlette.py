@@ -1,0 +1,299 @@
+"""Every touch of Starlette and FastAPI internals lives in this module.
+
+One execution choke point exists in every supported version: `BackgroundTask.__call__`.
+Creation is seen in `BackgroundTask.__init__` (every task), `BackgroundTasks.add_task` (which
+batch, in what position; FastAPI's subclass calls `super()`) and `BackgroundTasks.__init__`
+(batches built from a list). The outermost `Starlette.__call__` of a request says which request
+scheduled a task and when that request is over. Exceptions that an exception handler turns into
+a response are seen where Starlette looks the handler up.
+
+The patches are installed by `install()` at the first capture of a session and removed by
+`uninstall()`; while no capture is active they only check one global and call the original.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import functools
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from starlette import background
+from starlette.applications import Starlette
+
+try:  # Starlette >= 0.28
+    from starlette import _exception_handler as _handler_module
+except ImportError:  # pragma: no cover - Starlette 0.27
+    _handler_module = None  # type: ignore[assignment]
+from starlette.middleware import exceptions as _exceptions_middleware
+
+BackgroundTask = background.BackgroundTask
+BackgroundTasks = background.BackgroundTasks
+
+_FRAMEWORK_MODULES = ("starlette.", "fastapi.", "pytest_bgtasks.")
+_LIBRARY_MODULES = (
+    *_FRAMEWORK_MODULES,
+    "anyio.",
+    "asyncio.",
+    "concurrent.",
+    "contextlib",
+    "threading",
+    "httpx.",
+    "httpx2.",
+    "httpcore.",
+    "httpcore2.",
+    "sniffio.",
+    "trio.",
+    "outcome.",
+    "uvicorn.",
+    "h11.",
+    "exceptiongroup.",
+)
+
+
+class Scope(Protocol):
+    """The capture's view of one request, filled in while it runs."""
+
+    status: int | None
+    error: BaseException | None
+
+    def note_handled(self, exc: BaseException) -> None: ...
+
+
+class Receiver(Protocol):
+    """What the patches report to while a capture is active."""
+
+    def task_created(self, task: Any, site: tuple[str, int] | None, scope: Any) -> None: ...
+
+    def task_added(self, batch: Any, task: Any) -> None: ...
+
+    def batch_created(self, batch: Any) -> None: ...
+
+    def task_called(self, task: Any) -> Awaitable[None]: ...
+
+    def request_started(self, kind: str, method: str, path: str) -> Any: ...
+
+    def request_finished(self, scope: Any) -> None: ...
+
+
+_receiver: Receiver | None = None
+_current_scope: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "pytest_bgtasks_request", default=None
+)
+_originals: dict[tuple[object, str], Any] = {}
+_wrappers: dict[tuple[object, str], Any] = {}
+
+
+def set_receiver(receiver: Receiver | None) -> None:
+    """Route what the patches see to `receiver`; None makes them inert."""
+    global _receiver
+    _receiver = receiver
+
+
+def current_scope() -> Any:
+    return _current_scope.get()
+
+
+# -- the patches ---------------------------------------------------------------------------------
+
+
+def _task_init(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+    _originals[BackgroundTask, "__init__"](self, func, *args, **kwargs)
+    receiver = _receiver
+    if receiver is not None:
+        receiver.task_created(self, _call_site(), _current_scope.get())
+
+
+def _add_task(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+    _originals[BackgroundTasks, "add_task"](self, func, *args, **kwargs)
+    receiver = _receiver
+    if receiver is not None and self.tasks:
+        receiver.task_added(self, self.tasks[-1])
+
+
+def _batch_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _originals[BackgroundTasks, "__init__"](self, *args, **kwargs)
+    receiver = _receiver
+    if receiver is not None and self.tasks:
+        receiver.batch_created(self)
+
+
+async def _task_call(self: Any) -> None:
+    receiver = _receiver
+    if receiver is None:
+        await _originals[BackgroundTask, "__call__"](self)
+    else:
+        await receiver.task_called(self)
+
+
+async def _app_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+    original = _originals[Starlette, "__call__"]
+    receiver = _receiver
+    if (
+        receiver is None
+        or scope["type"] not in ("http", "websocket")
+        or _current_scope.get() is not None
+    ):
+        await original(self, scope, receive, send)
+        return
+    request = receiver.request_started(
+        scope["type"], scope.get("method", "WEBSOCKET"), scope.get("path", "")
+    )
+    token = _current_scope.set(request)
+
+    async def watched_send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            request.status = message["status"]
+        await send(message)
+
+    try:
+        await original(self, scope, receive, watched_send)
+    except BaseException as exc:
+        request.error = exc
+        raise
+    finally:
+        _current_scope.reset(token)
+        receiver.request_finished(request)
+
+
+def _lookup_exception_handler(*args: Any) -> Any:
+    # Starlette >= 0.28: `_lookup_exception_handler(handlers, exc)`;
+    # 0.27: the method `ExceptionMiddleware._lookup_exception_handler(self, exc)`.
+    key: tuple[object, str] = (_handler_module, "_lookup_exception_handler")
+    if key not in _originals:  # pragma: no cover - Starlette 0.27
+        key = (_exceptions_middleware.ExceptionMiddleware, "_lookup_exception_handler")
+    handler = _originals[key](*args)
+    scope = _current_scope.get()
+    if handler is not None and scope is not None:
+        scope.note_handled(args[-1])
+    return handler
+
+
+def _targets() -> list[tuple[object, str, Any]]:
+    targets: list[tuple[object, str, Any]] = [
+        (BackgroundTask, "__init__", _task_init),
+        (BackgroundTask, "__call__", _task_call),
+        (BackgroundTasks, "__init__", _batch_init),
+        (BackgroundTasks, "add_task", _add_task),
+        (Starlette, "__call__", _app_call),
+    ]
+    if _handler_module is not None:
+        targets.append((_handler_module, "_lookup_exception_handler", _lookup_exception_handler))
+    else:  # pragma: no cover - Starlette 0.27
+        targets.append(
+            (
+                _exceptions_middleware.ExceptionMiddleware,
+                "_lookup_exception_handler",
+                _lookup_exception_handler,
+            )
+        )
+    return targets
+
+
+def install() -> bool:
+    """Install the patches that are not in place; False when all of them were."""
+    newly = False
+    for owner, name, wrapper in _targets():
+        if (owner, name) in _originals:
+            continue
+        newly = True
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        _originals[owner, name] = original
+        patched = functools.wraps(original)(wrapper)
+        _wrappers[owner, name] = patched
+        setattr(owner, name, patched)
+    return newly
+
+
+def uninstall() -> None:
+    """Put back every original that is still ours to put back.
+
+    When another library wrapped one of our patches since, ours stays under it, inert.
+    """
+    set_receiver(None)
+    for (owner, name), original in list(_originals.items()):
+        current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name)
+        if current is _wrappers[owner, name]:
+            setattr(owner, name, original)
+            del _originals[owner, name]
+            del _wrappers[owner, name]
+
+
+def installed() -> bool:
+    return bool(_originals)
+
+
+# -- running tasks as Starlette runs them --------------------------------------------------------
+
+
+async def run_task(
+    task: Any,
+    func: Callable[..., Any] | None = None,
+    on_return: Callable[[Any], None] | None = None,
+) -> None:
+    """Run `task` through Starlette's own `BackgroundTask.__call__`.
+
+    With `func`, that callable runs in the task's place with the task's arguments (sync in the
+    threadpool, async on the loop, decided as Starlette decides it). `on_return` receives what a
+    sync callable returned, so a coroutine that nobody awaits can be reported.
+    """
+    original = _originals.get((BackgroundTask, "__call__"), BackgroundTask.__call__)
+    if func is None and (task.is_async or on_return is None):
+        await original(task)
+        return
+    runner = copy.copy(task)
+    if func is not None:
+        runner.func = func
+        runner.is_async = is_async_callable(func)
+    if not runner.is_async and on_return is not None:
+        runner.func = _reporting_return(runner.func, on_return)
+    await original(runner)
+
+
+def _reporting_return(func: Callable[..., Any], on_return: Callable[[Any], None]) -> Any:
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = func(*args, **kwargs)
+        on_return(result)
+        return result
+
+    return call
+
+
+def is_async_callable(func: Any) -> bool:
+    from starlette._utils import is_async_callable as starlette_is_async_callable
+
+    return bool(starlette_is_async_callable(func))
+
+
+# -- where things happened -----------------------------------------------------------------------
+
+
+def _call_site() -> tuple[str, int] | None:
+    """File and line of the app code that created the task (outside Starlette and FastAPI)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith(_FRAMEWORK_MODULES):
+            return frame.f_code.co_filename, frame.f_lineno
+        frame = frame.f_back  # type: ignore[assignment]
+    return None  # pragma: no cover - the test itself is always on the stack
+
+
+def reached_caller(exc: BaseException) -> bool:
+    """Whether `exc`, after it left the app, went through code other than the framework and
+    client libraries: the test, or a helper it called, saw it.
+
+    A traceback lists the outermost frame first, so the frames before the app's own
+    `Starlette.__call__` are where the exception went after leaving the app.
+    """
+    app_code = _app_call.__code__
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code is not app_code:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if not (module + ".").startswith(_LIBRARY_MODULES):
+            return True
+        tb = tb.tb_next
+    return False

@@ -1,0 +1,232 @@
+"""pytest hooks, fixtures and the `bgtasks` marker. Everything else lives in the core, which
+is imported only when a test uses the plugin."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
+
+    from ._capture import BackgroundTaskCapture
+
+MODES = ("run", "defer", "skip")
+ON_DROPPED = ("fail", "warn", "ignore")
+MARKER = (
+    "bgtasks(*, mode=None, on_dropped=None, allow_failures=None, assert_all_run=None): "
+    "capture background tasks in this test; mode is run, defer or skip, on_dropped is "
+    "fail, warn or ignore. See https://github.com/pytest-bgtasks/pytest-bgtasks#configuration"
+)
+
+
+class BackgroundTaskWarning(UserWarning):
+    """A teardown finding reported as a warning (`on_dropped="warn"`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    mode: str = "run"
+    on_dropped: str = "fail"
+    allow_failures: bool = False
+    assert_all_run: bool = False
+
+
+def _marker_signature(
+    *,
+    mode: str | None = None,
+    on_dropped: str | None = None,
+    allow_failures: bool | None = None,
+    assert_all_run: bool | None = None,
+) -> dict[str, Any]:
+    given = {
+        "mode": mode,
+        "on_dropped": on_dropped,
+        "allow_failures": allow_failures,
+        "assert_all_run": assert_all_run,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
+_SETTINGS = pytest.StashKey[_Settings]()
+_CAPTURE = pytest.StashKey["BackgroundTaskCapture"]()
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+_CLEANUP = pytest.StashKey[bool]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bgtasks", "background tasks (pytest-bgtasks)")
+    group.addoption(
+        "--bgtasks-mode",
+        dest="bgtasks_mode",
+        default=None,
+        metavar="MODE",
+        help="what happens to captured background tasks: run (default), defer or skip.",
+    )
+    parser.addini(
+        "bgtasks_mode", "default mode for captured tasks: run, defer or skip.", default="run"
+    )
+    parser.addini(
+        "bgtasks_on_dropped",
+        "a task added but never carried by its response: fail (default), warn or ignore.",
+        default="fail",
+    )
+    parser.addini(
+        "bgtasks_allow_failures",
+        "do not fail a test whose task raised an exception the test never saw.",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
+        "bgtasks_assert_all_run",
+        "fail a test that leaves deferred tasks unrun.",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
+        "bgtasks_app_fixture",
+        "name of the fixture that returns the ASGI app for bg_client (default: app).",
+        default="app",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+    mode = config.getoption("bgtasks_mode") or config.getini("bgtasks_mode")
+    source = "--bgtasks-mode" if config.getoption("bgtasks_mode") else "ini bgtasks_mode"
+    _check_choice(mode, MODES, source, pytest.UsageError)
+    on_dropped = config.getini("bgtasks_on_dropped")
+    _check_choice(on_dropped, ON_DROPPED, "ini bgtasks_on_dropped", pytest.UsageError)
+    config.stash[_SETTINGS] = _Settings(
+        mode=mode,
+        on_dropped=on_dropped,
+        allow_failures=config.getini("bgtasks_allow_failures"),
+        assert_all_run=config.getini("bgtasks_assert_all_run"),
+    )
+
+
+def _check_choice(
+    value: object, choices: tuple[str, ...], source: str, error: type[Exception]
+) -> None:
+    if value not in choices:
+        raise error(f"{source}: {value!r} is not one of: {', '.join(choices)}.")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"bgtasks: mode={config.stash[_SETTINGS].mode}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # The marker alone turns capture on, as if the test requested the fixture.
+    names = getattr(item, "fixturenames", None)
+    if names is not None and "bgtasks" not in names and item.get_closest_marker("bgtasks"):
+        names.append("bgtasks")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    capture = item.stash.get(_CAPTURE, None)
+    if capture is not None:
+        item.stash.setdefault(_REPORTS, {})[report.when] = report
+        if report.failed and report.when != "setup":
+            report.sections.append(("Captured background tasks", capture.report()))
+    return report
+
+
+def _settings_for(item: pytest.Item) -> _Settings:
+    merged: dict[str, Any] = {}
+    for marker in reversed(list(item.iter_markers("bgtasks"))):  # the closest one wins
+        if marker.args:
+            raise TypeError(
+                f"@pytest.mark.bgtasks takes keyword arguments only, got {marker.args!r}."
+            )
+        try:
+            merged.update(_marker_signature(**marker.kwargs))
+        except TypeError as exc:
+            message = str(exc).replace("_marker_signature()", "@pytest.mark.bgtasks()")
+            raise TypeError(
+                f"{message}; valid keywords: mode, on_dropped, allow_failures, assert_all_run."
+            ) from None
+    if "mode" in merged:
+        _check_choice(merged["mode"], MODES, "@pytest.mark.bgtasks(mode=...)", ValueError)
+    if "on_dropped" in merged:
+        _check_choice(
+            merged["on_dropped"], ON_DROPPED, "@pytest.mark.bgtasks(on_dropped=...)", ValueError
+        )
+    for flag in ("allow_failures", "assert_all_run"):
+        if flag in merged and not isinstance(merged[flag], bool):
+            raise TypeError(
+                f"@pytest.mark.bgtasks({flag}=...) expects True or False, got {merged[flag]!r}."
+            )
+    return dataclasses.replace(item.config.stash[_SETTINGS], **merged)
+
+
+def _test_failed(item: pytest.Item) -> bool:
+    reports = item.stash.get(_REPORTS, {})
+    return any(report.failed or hasattr(report, "wasxfail") for report in reports.values())
+
+
+def _release_patches() -> None:
+    from . import _recorder, _starlette
+
+    if not _recorder.recorder.logs:
+        _starlette.uninstall()
+
+
+@pytest.fixture
+def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
+    """Capture every background task scheduled during the test."""
+    from ._capture import BackgroundTaskCapture
+
+    settings = _settings_for(request.node)
+    capture = BackgroundTaskCapture(mode=settings.mode)  # type: ignore[arg-type]
+    if not request.config.stash.get(_CLEANUP, False):
+        request.config.stash[_CLEANUP] = True
+        request.config.add_cleanup(_release_patches)
+    capture.start()
+    request.node.stash[_CAPTURE] = capture
+    try:
+        yield capture
+    finally:
+        capture.stop()
+    if _test_failed(request.node):
+        return
+    errors, warns = capture.check(
+        on_dropped=settings.on_dropped,  # type: ignore[arg-type]
+        allow_failures=settings.allow_failures,
+        assert_all_run=settings.assert_all_run,
+    )
+    for message in warns:
+        warnings.warn(BackgroundTaskWarning(message), stacklevel=1)
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def bg_client(
+    request: pytest.FixtureRequest, bgtasks: BackgroundTaskCapture
+) -> Iterator[TestClient]:
+    """A Starlette TestClient around the `app` fixture's app, with lifespan and capture on."""
+    name = request.config.getini("bgtasks_app_fixture")
+    try:
+        app = request.getfixturevalue(name)
+    except Exception as exc:
+        if getattr(exc, "argname", None) != name:
+            raise
+        pytest.fail(
+            f"bg_client needs a fixture named {name!r} that returns your ASGI app; define "
+            "one in conftest.py, or name yours with the ini option bgtasks_app_fixture.",
+            pytrace=False,
+        )
+    from starlette.testclient import TestClient
+
+    with TestClient(app) as client:
+        yield client
