@@ -59,9 +59,9 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'pytest_bgtasks' has no attribute {name!r}")
     from importlib import import_module
 
-    value = getattr(import_module(f"pytest_bgtasks.{_HOMES.get(name, '_capture')}"), name)
-    globals()[name] = value
-    return value
+    # Not cached in this module's globals: the lookup stays right even if the core module is
+    # imported afresh (pytester drops modules between in-process runs).
+    return getattr(import_module(f"pytest_bgtasks.{_HOMES.get(name, '_capture')}"), name)
 
 
 def __dir__() -> list[str]:

@@ -25,7 +25,7 @@ from ._matching import (
     same_function,
     task,
 )
-from ._recorder import DeferredRun, deferred_run, is_cancellation, recorder
+from ._recorder import DeferredRun, close_coroutine, deferred_run, is_cancellation, recorder
 from ._records import TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
@@ -402,6 +402,7 @@ class BackgroundTaskCapture(TaskLog):
         try:
             await _starlette.run_task(record._task, fake, returned.append)
         except BaseException as exc:
+            close_coroutine(record)
             if is_cancellation(exc):
                 record.status = TaskStatus.CANCELLED
                 record.reason = "cancelled while running"
@@ -584,14 +585,20 @@ class BackgroundTaskCapture(TaskLog):
             (errors if on_dropped == "fail" else warnings).append(_messages.dropped(dropped))
         if not allow_failures:
             unseen = [
-                record
+                (record, record.exception)
                 for record in self._records
                 if record.status is TaskStatus.FAILED
                 and not record.simulated
-                and not _seen(record, _starlette.reached_caller)
+                and record.exception is not None
+                and not _seen(record, record.exception, _starlette.reached_caller)
             ]
             if unseen:
-                errors.append(_messages.unseen_failures(unseen))
+                errors.append(
+                    _messages.unseen_failures(
+                        [record for record, _ in unseen],
+                        [_starlette.task_traceback(exc) for _, exc in unseen],
+                    )
+                )
         if assert_all_run and self._queue:
             errors.append(_messages.unrun_deferred(list(self._queue)))
         return errors, warnings
@@ -601,11 +608,12 @@ class BackgroundTaskCapture(TaskLog):
         return _messages.report_section(self.tasks)
 
 
-def _seen(record: TaskRecord, reached_caller: Callable[[BaseException], bool]) -> bool:
+def _seen(
+    record: TaskRecord, exc: BaseException, reached_caller: Callable[[BaseException], bool]
+) -> bool:
     """Whether the test saw the task's exception: it went past the app to the test's code,
     itself or inside what left the app (an ExceptionGroup, a RuntimeError it caused)."""
-    exc = record.exception
-    if exc is None or reached_caller(exc):
+    if reached_caller(exc):
         return True
     scope = record._scope
     escaped = scope.error if scope is not None else None

@@ -201,7 +201,11 @@ def _binding_problem(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
-        return f"{signature}: {exc}"
+        plain = signature.replace(
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+            return_annotation=signature.empty,
+        )
+        return f"{plain}: {exc}"
     return None
 
 

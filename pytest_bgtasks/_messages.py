@@ -105,15 +105,14 @@ def dropped(records: Sequence[TaskRecord]) -> str:
     )
 
 
-def unseen_failures(records: Sequence[TaskRecord]) -> str:
+def unseen_failures(records: Sequence[TaskRecord], tracebacks: Sequence[str]) -> str:
     n = len(records)
     parts = [
         f"{count(n)} raised and the test never saw the exception "
         "(the client or a middleware hid it):"
     ]
-    for record in records:
-        parts.append(f"- {record.describe()}")
-        parts.append(_indent(format_exception(record.exception)))
+    for record, text in zip(records, tracebacks, strict=True):
+        parts += [f"- {record.describe()}", _indent(text)]
     parts.append(
         "If the test expects this, assert it with bgtasks.assert_task_failed(...) and "
         "use @pytest.mark.bgtasks(allow_failures=True)."
@@ -131,14 +130,6 @@ def unrun_deferred(records: Sequence[TaskRecord]) -> str:
 
 def report_section(records: Sequence[TaskRecord]) -> str:
     return bullets(records) if records else "No background tasks were added."
-
-
-def format_exception(exc: BaseException | None) -> str:
-    import traceback
-
-    if exc is None:
-        return ""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
 
 
 def _indent(text: str) -> str:

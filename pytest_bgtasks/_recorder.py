@@ -88,6 +88,8 @@ class Recorder:
                 self.logs.remove(log)
             if not self.logs:
                 _starlette.set_receiver(None)
+                for record in self.by_task.values():
+                    close_coroutine(record)
                 self.by_task.clear()
 
     def record(self, task: Any) -> TaskRecord | None:
@@ -187,6 +189,13 @@ def misuse(func: object) -> str | None:
     if not callable(func):
         return f"add_task() was given {func!r}, which is not callable"
     return None
+
+
+def close_coroutine(record: TaskRecord) -> None:
+    """A coroutine object given to add_task can never run; the record keeps it alive, so close
+    it rather than leave Python to warn "never awaited" at some later garbage collection."""
+    if inspect.iscoroutine(record.func):
+        record.func.close()
 
 
 def settle_unstarted(record: TaskRecord, scope: RequestScope) -> None:

@@ -17,6 +17,8 @@ import contextvars
 import copy
 import functools
 import sys
+import traceback
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -200,11 +202,29 @@ def install() -> bool:
             continue
         newly = True
         original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        if getattr(original, _MARK, False):
+            # Left by an earlier import of this module (pytester drops modules between
+            # in-process runs): replace it rather than stack a second one on it.
+            original = original.__wrapped__
         _originals[owner, name] = original
-        patched = functools.wraps(original)(wrapper)
+        patched = _wrap(original, wrapper)
         _wrappers[owner, name] = patched
         setattr(owner, name, patched)
     return newly
+
+
+_MARK = "__pytest_bgtasks_patch__"
+
+
+def _wrap(original: Any, wrapper: Any) -> Any:
+    """A copy of `wrapper` (same code, no extra call) that looks like `original` and is
+    marked as ours."""
+    patched = types.FunctionType(
+        wrapper.__code__, wrapper.__globals__, wrapper.__name__, wrapper.__defaults__
+    )
+    functools.update_wrapper(patched, original)
+    setattr(patched, _MARK, True)
+    return patched
 
 
 def uninstall() -> None:
@@ -292,8 +312,30 @@ def reached_caller(exc: BaseException) -> bool:
     app_code = _app_call.__code__
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code is not app_code:
-        module = tb.tb_frame.f_globals.get("__name__", "")
-        if not (module + ".").startswith(_LIBRARY_MODULES):
+        if not _is_library(tb.tb_frame):
             return True
         tb = tb.tb_next
     return False
+
+
+def task_traceback(exc: BaseException) -> str:
+    """The traceback of a task's exception from the task's own code on: the frames of the
+    app, Starlette and the threadpool that led to it are left out."""
+    entries = list(traceback.walk_tb(exc.__traceback__))
+    start = 0
+    for position, (frame, _) in enumerate(entries):
+        if frame.f_code is run_task.__code__:
+            start = position + 1
+    while start < len(entries) and _is_library(entries[start][0]):
+        start += 1
+    if start == len(entries):  # raised inside the framework itself: show all of it
+        start = 0
+    summary = traceback.StackSummary.extract(entries[start:])
+    lines = ["Traceback (most recent call last):\n", *summary.format()]
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip()
+
+
+def _is_library(frame: Any) -> bool:
+    module = frame.f_globals.get("__name__", "")
+    return bool((module + ".").startswith(_LIBRARY_MODULES))

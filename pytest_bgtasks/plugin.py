@@ -142,8 +142,17 @@ def pytest_runtest_makereport(
 
 
 def _settings_for(item: pytest.Item) -> _Settings:
+    """The ini/CLI settings with the test's markers applied, the closest one winning."""
+    try:
+        merged = _marker_settings(item)
+    except (TypeError, ValueError) as exc:
+        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+    return dataclasses.replace(item.config.stash[_SETTINGS], **merged)
+
+
+def _marker_settings(item: pytest.Item) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    for marker in reversed(list(item.iter_markers("bgtasks"))):  # the closest one wins
+    for marker in reversed(list(item.iter_markers("bgtasks"))):
         if marker.args:
             raise TypeError(
                 f"@pytest.mark.bgtasks takes keyword arguments only, got {marker.args!r}."
@@ -166,7 +175,7 @@ def _settings_for(item: pytest.Item) -> _Settings:
             raise TypeError(
                 f"@pytest.mark.bgtasks({flag}=...) expects True or False, got {merged[flag]!r}."
             )
-    return dataclasses.replace(item.config.stash[_SETTINGS], **merged)
+    return merged
 
 
 def _test_failed(item: pytest.Item) -> bool:

@@ -6,15 +6,16 @@ background task capture active.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email
+import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi import FastAPI
 from mailroom import config, db
@@ -22,43 +23,42 @@ from mailroom.app import create_app
 
 
 class SMTPServer:
-    """An SMTP server on the loopback interface that keeps every message it receives."""
+    """An SMTP server on the loopback interface that keeps every message it receives.
+
+    aiosmtpd's protocol runs on an event loop of its own, in a thread, so the app's
+    synchronous `smtplib` calls can reach it from any test.
+    """
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
-        self._controller = _LoopbackController(
-            self, hostname="127.0.0.1", port=0, server_hostname="localhost"
-        )
-
-    @property
-    def host(self) -> str:
-        return str(self._controller.hostname)
-
-    @property
-    def port(self) -> int:
-        return int(self._controller.port)
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
 
     def start(self) -> None:
-        self._controller.start()
+        self._thread.start()
+        # Port 0: the OS picks a free port, so parallel test runs never collide.
+        serve = self._loop.create_server(lambda: SMTP(self), self.host, 0)
+        self._server = asyncio.run_coroutine_threadsafe(serve, self._loop).result(timeout=10)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
-        self._controller.stop()
+        async def close(server: asyncio.Server) -> None:
+            server.close()
+            await server.wait_closed()
+
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(close(self._server), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.content, bytes)
         self.messages.append(email.message_from_bytes(envelope.content, policy=default_policy))
         return "250 Message accepted for delivery"
-
-
-class _LoopbackController(Controller):
-    """Binds to port 0 so the OS picks a free port, with no window for another process to
-    take it. aiosmtpd checks readiness by connecting to `self.port`, so set the real port
-    from the bound socket first."""
-
-    def _trigger_server(self) -> None:
-        assert self.server is not None
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
 
 
 @pytest.fixture

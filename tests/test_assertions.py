@@ -1,0 +1,354 @@
+"""The assertion helpers: matching rules and the messages a failing assertion prints."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+from unittest.mock import ANY
+
+import apps
+import pytest
+from apps import async_job, boom, sync_job
+from dirty_equals import IsStr
+from fastapi import BackgroundTasks, FastAPI
+from starlette.background import BackgroundTask
+from starlette.testclient import TestClient
+
+import pytest_bgtasks
+from pytest_bgtasks import BackgroundTaskCapture, TaskStatus, task
+
+SIGNUP_SITE = apps.site("fastapi")
+
+
+def send_welcome_email(email: str, subject: str = "Welcome") -> None:
+    pass
+
+
+def audit(event: str) -> None:
+    pass
+
+
+def schedule(*calls: tuple[Any, ...]) -> None:
+    """Create tasks outside any request: each `(func, *args)` becomes a PENDING record."""
+    for func, *args in calls:
+        BackgroundTask(func, *args)
+
+
+def signup(*calls: tuple[Any, ...]) -> None:
+    """`POST /work` on a FastAPI app that adds `calls` and runs them."""
+    app = apps.fastapi_app(*((func, tuple(args)) for func, *args in calls))
+    with TestClient(app) as client:
+        client.post("/work")
+
+
+# -- matching --------------------------------------------------------------------------------
+
+
+def test_no_arguments_match_any_call(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((send_welcome_email, "a@b.com", "Hi"))
+    assert bgtasks.assert_task_added(send_welcome_email) is bgtasks.tasks[0]
+    bgtasks.assert_task_added(task(send_welcome_email))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        (("a@b.com",), {}),
+        ((), {"email": "a@b.com"}),
+        (("a@b.com", "Welcome"), {}),
+        ((), {"email": "a@b.com", "subject": "Welcome"}),
+    ],
+    ids=["positional", "keyword", "default-given", "all-keywords"],
+)
+def test_arguments_match_after_binding_to_the_signature(
+    bgtasks: BackgroundTaskCapture, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    schedule((send_welcome_email, "a@b.com"))
+    bgtasks.assert_task_added(send_welcome_email, *args, **kwargs)
+    pytest_bgtasks.assert_task_added(send_welcome_email, *args, **kwargs)
+
+
+def test_every_argument_must_match(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((send_welcome_email, "a@b.com", "Hi"))
+    bgtasks.assert_task_not_added(send_welcome_email, "a@b.com")  # subject differs from default
+    bgtasks.assert_task_not_added(send_welcome_email, "b@b.com", "Hi")
+    bgtasks.assert_task_added(send_welcome_email, "a@b.com", subject="Hi")
+
+
+def test_any_and_dirty_equals_matchers(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((send_welcome_email, "a@b.com", "Hi"))
+    bgtasks.assert_task_added(send_welcome_email, ANY, subject="Hi")
+    bgtasks.assert_task_added(send_welcome_email, IsStr(regex=r".+@b\.com"), ANY)
+    bgtasks.assert_task_not_added(send_welcome_email, IsStr(regex=r".+@c\.com"), ANY)
+
+
+def test_calls_that_do_not_bind_compare_as_given(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((len, "abc"))  # a builtin: its signature is known, but try one that is not
+    schedule((dict, ["not", "bindable"]))
+    bgtasks.assert_task_added(len, "abc")
+    bgtasks.assert_task_added(dict, ["not", "bindable"])
+    bgtasks.assert_task_not_added(dict, ["other"])
+
+
+def test_a_partial_expected_call_adds_its_own_arguments_first(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    schedule((send_welcome_email, "a@b.com", "Hi"))
+    bgtasks.assert_task_added(functools.partial(send_welcome_email, "a@b.com"), "Hi")
+    bgtasks.assert_task_added(task(functools.partial(send_welcome_email, subject="Hi"), "a@b.com"))
+
+
+def test_task_reprs_and_equality() -> None:
+    expected = task(send_welcome_email, "a@b.com", subject="Hi")
+    assert repr(expected) == "task(send_welcome_email, 'a@b.com', subject='Hi')"
+    assert expected.call == "send_welcome_email('a@b.com', subject='Hi')"
+    assert task(audit).call == "audit(...)"
+    assert expected == task(send_welcome_email, "a@b.com", subject="Hi")
+    assert expected != task(send_welcome_email, "a@b.com")
+    assert expected != (send_welcome_email, "a@b.com")
+    with pytest.raises(TypeError, match=r"task\(\) expects the task function first, got 'x' \(str\)\."):
+        task("x")  # type: ignore[arg-type]
+
+
+def test_helpers_reject_what_is_not_a_task(bgtasks: BackgroundTaskCapture) -> None:
+    with pytest.raises(TypeError, match=r"assert_task_added\(\) expects a task function or task\(func, \*args, \*\*kwargs\), got 42 \(int\)\."):
+        bgtasks.assert_task_added(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"assert_task_ran\(\) takes either task\(...\) or a function and its arguments\."):
+        bgtasks.assert_task_ran(task(audit), "x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"assert_task_count\(\) expects a count >= 0, got -1\."):
+        bgtasks.assert_task_count(-1)
+    with pytest.raises(TypeError, match=r"assert_tasks_in_order\(\) expects at least one task\."):
+        bgtasks.assert_tasks_in_order()
+    with pytest.raises(TypeError, match=r"assert_tasks_in_order\(\) expects a task function"):
+        bgtasks.assert_tasks_in_order(audit, "send_welcome_email")
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+def test_task_added_message_lists_everything_and_the_closest(bgtasks: BackgroundTaskCapture) -> None:
+    signup((send_welcome_email, "b@b.com"), (audit, "signup"))
+
+    with pytest.raises(AssertionError) as failure:
+        pytest_bgtasks.assert_task_added(send_welcome_email, "a@b.com")
+
+    assert str(failure.value) == (
+        "No background task matching send_welcome_email('a@b.com') was added.\n"
+        "2 background tasks were added:\n"
+        f"- send_welcome_email('b@b.com') [ran] POST /work  ({SIGNUP_SITE})\n"
+        f"- audit('signup') [ran] POST /work  ({SIGNUP_SITE})\n"
+        "Closest: send_welcome_email: arg 'email' expected 'a@b.com', got 'b@b.com'"
+    )
+
+
+def test_message_when_nothing_was_added(bgtasks: BackgroundTaskCapture) -> None:
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_added(audit)
+    assert str(failure.value) == (
+        "No background task matching audit(...) was added.\nNo background tasks were added."
+    )
+
+
+def test_closest_names_every_differing_argument(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((send_welcome_email, "b@b.com", "Hi"), (send_welcome_email, "a@b.com", "Hi"))
+    with pytest.raises(AssertionError, match=r"\nClosest: send_welcome_email: arg 'subject' expected 'Yo', got 'Hi'$"):
+        bgtasks.assert_task_added(send_welcome_email, "a@b.com", "Yo")
+    with pytest.raises(AssertionError, match=r"arg 'email' expected 'c', got 'b@b.com'; arg 'subject' expected 'Yo', got 'Hi'$"):
+        bgtasks.assert_task_added(send_welcome_email, "c", "Yo")
+
+
+def test_closest_says_when_the_expected_call_cannot_fit(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((send_welcome_email, "a@b.com"))
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_added(send_welcome_email, "a@b.com", to="x")
+    assert str(failure.value).endswith(
+        "Closest: send_welcome_email: the expected call does not fit send_welcome_email"
+        "(email, subject='Welcome'): got an unexpected keyword argument 'to'"
+    )
+
+
+def test_closest_without_a_signature_compares_positions_and_keywords(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    schedule((dict, ["a"]))
+    with pytest.raises(AssertionError, match=r"Closest: dict: arg 0 expected \['b'\], got \['a'\]$"):
+        bgtasks.assert_task_added(dict, ["b"])
+    with pytest.raises(AssertionError, match=r"Closest: dict: positional args expected \(\), got \(\['a'\],\); kwarg 'x' expected 1, not given$"):
+        bgtasks.assert_task_added(dict, x=1)
+
+
+def test_closest_points_at_a_same_named_but_different_function(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    def audit(event: str) -> None:  # shadows the module's audit
+        pass
+
+    schedule((audit, "x"))
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_added(globals()["audit"], "x")
+    assert str(failure.value).endswith(
+        "Closest: audit('x') (#0) calls a different function object with the same name "
+        "'audit': is it imported from another module, or wrapped?"
+    )
+
+
+def test_not_added_message_lists_the_matches(bgtasks: BackgroundTaskCapture) -> None:
+    signup((audit, "signup"), (audit, "login"))
+    with pytest.raises(AssertionError) as failure:
+        pytest_bgtasks.assert_task_not_added(audit)
+    assert str(failure.value) == (
+        "Expected no background tasks matching audit(...), but 2 were added:\n"
+        f"- audit('signup') [ran] POST /work  ({SIGNUP_SITE})\n"
+        f"- audit('login') [ran] POST /work  ({SIGNUP_SITE})"
+    )
+
+
+def test_task_ran_and_failed(bgtasks: BackgroundTaskCapture) -> None:
+    with pytest.raises(ZeroDivisionError):
+        signup((audit, "x"), (boom, "now"), (sync_job, "later"))
+
+    assert pytest_bgtasks.assert_task_ran(audit).status is TaskStatus.RAN
+    record = pytest_bgtasks.assert_task_failed(boom, "now")
+    assert isinstance(record.exception, ZeroDivisionError)
+
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_ran(sync_job, "later")
+    assert str(failure.value) == (
+        "No background task matching sync_job('later') ran.\n"
+        "3 background tasks were added:\n"
+        f"- audit('x') [ran] POST /work  ({SIGNUP_SITE})\n"
+        f"- boom('now') [failed] POST /work  ({SIGNUP_SITE})\n"
+        "    raised: ZeroDivisionError('boom now')\n"
+        f"- sync_job('later') [not run] POST /work  ({SIGNUP_SITE})\n"
+        "    not run: an earlier task of its response failed, boom('now') raised "
+        "ZeroDivisionError('boom now')\n"
+        "The matching task #2 is not run, not ran: not run: an earlier task of its response "
+        "failed, boom('now') raised ZeroDivisionError('boom now')."
+    )
+    with pytest.raises(AssertionError, match=r"The matching task #0 is ran, not failed: it ran without raising\.$"):
+        bgtasks.assert_task_failed(audit)
+    with pytest.raises(AssertionError, match=r"The matching task #1 is failed, not ran: it raised ZeroDivisionError\('boom now'\)\.$"):
+        bgtasks.assert_task_ran(boom)
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_a_deferred_match_says_how_to_run_it(bgtasks: BackgroundTaskCapture) -> None:
+    signup((audit, "x"))
+    with pytest.raises(AssertionError, match=r"The matching task #0 is deferred, not ran: run it with bgtasks.run_deferred\(\) \(await bgtasks.arun_deferred\(\) in async tests\)\.$"):
+        bgtasks.assert_task_ran(audit)
+    bgtasks.run_deferred()
+    bgtasks.assert_task_ran(audit)
+
+
+@pytest.mark.bgtasks(mode="skip")
+def test_a_skipped_or_pending_match_says_so(bgtasks: BackgroundTaskCapture) -> None:
+    signup((audit, "x"))
+    schedule((sync_job, "pending"))
+    with pytest.raises(AssertionError, match=r"is skipped, not ran: it was skipped \(mode \"skip\" or bgtasks.skip\(\)\)\.$"):
+        bgtasks.assert_task_ran(audit)
+    with pytest.raises(AssertionError, match=r"is pending, not failed: its response has not finished\.$"):
+        bgtasks.assert_task_failed(sync_job)
+
+
+def test_task_count(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((audit, "a"), (audit, "b"), (sync_job, "c"))
+    assert len(pytest_bgtasks.assert_task_count(3)) == 3
+    assert [r.args for r in bgtasks.assert_task_count(2, audit)] == [("a",), ("b",)]
+    bgtasks.assert_task_count(1, task(audit, "b"))
+    bgtasks.assert_task_count(0, async_job)
+
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_count(1, audit)
+    assert str(failure.value) == (
+        "Expected 1 background tasks matching audit(...), but 2 were added:\n"
+        f"- audit('a') [pending]  ({_here('a')})\n"
+        f"- audit('b') [pending]  ({_here('a')})"
+    )
+    with pytest.raises(AssertionError, match=r"^Expected 2 background tasks matching async_job\(\.\.\.\), but 0 were added\.$"):
+        bgtasks.assert_task_count(2, async_job)
+
+
+def _here(_: str) -> str:
+    """The call site `schedule()` reports: its BackgroundTask line in this file."""
+    import os
+
+    with open(__file__) as source:
+        for number, line in enumerate(source, start=1):
+            if line.strip() == "BackgroundTask(func, *args)":
+                return f"{os.path.relpath(__file__)}:{number}"
+    raise LookupError
+
+
+def test_no_tasks(bgtasks: BackgroundTaskCapture) -> None:
+    pytest_bgtasks.assert_no_tasks()
+    schedule((audit, "a"))
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_no_tasks()
+    assert str(failure.value) == (
+        f"Expected no background tasks, but 1 was added:\n- audit('a') [pending]  ({_here('a')})"
+    )
+
+
+def test_tasks_in_order(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((audit, "a"), (sync_job, "b"), (audit, "c"), (async_job, "d"))
+
+    matched = pytest_bgtasks.assert_tasks_in_order(audit, task(audit, "c"), async_job)
+    assert [record.index for record in matched] == [0, 2, 3]
+    bgtasks.assert_tasks_in_order(sync_job, async_job)
+
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_tasks_in_order(task(audit, "c"), sync_job)
+    site = _here("")
+    assert str(failure.value) == (
+        "Background tasks were not added in the expected order.\n"
+        "Expected, in this order: audit('c'), sync_job(...)\n"
+        "Found audit('c') at #2, then no sync_job(...) after it.\n"
+        "sync_job('b') was added at #1, before that.\n"
+        "4 background tasks were added:\n"
+        f"- audit('a') [pending]  ({site})\n"
+        f"- sync_job('b') [pending]  ({site})\n"
+        f"- audit('c') [pending]  ({site})\n"
+        f"- async_job('d') [pending]  ({site})"
+    )
+    with pytest.raises(AssertionError, match=r"\nNo boom\(\.\.\.\) was added\.\n"):
+        bgtasks.assert_tasks_in_order(boom, audit)
+
+
+def test_messages_list_at_most_fifty_tasks(bgtasks: BackgroundTaskCapture) -> None:
+    for number in range(60):
+        BackgroundTask(audit, str(number))
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_added(sync_job)
+    lines = str(failure.value).splitlines()
+    assert lines[1] == "60 background tasks were added:"
+    assert lines[2].startswith("- audit('0') [pending]")
+    assert lines[51].startswith("- audit('49') [pending]")
+    assert lines[52] == "... and 10 more"
+    assert len(lines) == 53
+
+
+def test_long_arguments_are_shortened(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((audit, "x" * 500))
+    (record,) = bgtasks.tasks
+    assert record.call == "audit('" + "x" * 196 + "...)"
+    assert len(record.call) == len("audit()") + 200
+
+
+def test_a_failing_repr_does_not_break_messages(bgtasks: BackgroundTaskCapture) -> None:
+    class Odd:
+        def __repr__(self) -> str:
+            raise ValueError("no repr")
+
+    schedule((audit, Odd()))
+    assert bgtasks.tasks[0].call == "audit(<Odd object; repr() raised ValueError>)"
+
+
+def test_matching_survives_a_failing_eq(bgtasks: BackgroundTaskCapture) -> None:
+    class Touchy:
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("do not compare me")
+
+        __hash__ = object.__hash__
+
+    schedule((audit, Touchy()))
+    bgtasks.assert_task_not_added(audit, Touchy())

@@ -1,0 +1,621 @@
+"""What a capture records, for every way an app schedules work, and what it does with it."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+
+import apps
+import pytest
+from apps import Mailer, Notifier, async_job, boom, sync_job
+from fastapi import BackgroundTasks, Depends, FastAPI
+from starlette.background import BackgroundTask
+from starlette.background import BackgroundTasks as StarletteBackgroundTasks
+from starlette.testclient import TestClient
+
+from pytest_bgtasks import (
+    BackgroundTaskCapture,
+    SimulatedTaskError,
+    TaskRequest,
+    TaskStatus,
+    assert_task_added,
+    task,
+)
+
+WORK = TaskRequest("POST", "/work")
+
+
+def post(app: object, path: str = "/work") -> int:
+    with TestClient(app) as client:  # type: ignore[arg-type]
+        return client.post(path).status_code
+
+
+@pytest.mark.parametrize("func", [sync_job, async_job], ids=["def", "async-def"])
+@pytest.mark.parametrize("way", apps.WAYS)
+def test_every_way_of_scheduling_is_recorded_with_request_and_call_site(
+    bgtasks: BackgroundTaskCapture, way: str, func: object
+) -> None:
+    assert post(apps.scheduling_app(way, func)) == 200  # type: ignore[arg-type]
+
+    (record,) = bgtasks.tasks
+    assert record.func is func
+    assert (record.args, record.kwargs) == (("x",), {})
+    assert record.request == WORK
+    assert record.added_at == apps.site("dependency" if way == "sub_dependency" else way)
+    assert record.status is TaskStatus.RAN
+    assert record.index == 0
+    assert apps.ran == [(record.name, "x")]
+
+
+def test_plain_starlette_app_without_fastapi(bgtasks: BackgroundTaskCapture) -> None:
+    app = apps.starlette_app((sync_job, ("a",)), (async_job, ("b",)))
+    assert post(app) == 200
+
+    first, second = bgtasks.tasks
+    assert repr(first) == "sync_job('a') [ran] POST /work"
+    assert repr(second) == "async_job('b') [ran] POST /work"
+    assert first.added_at == second.added_at == apps.site("starlette")
+    assert apps.ran == [("sync_job", "a"), ("async_job", "b")]
+
+
+def test_dependency_and_endpoint_add_to_the_same_batch(bgtasks: BackgroundTaskCapture) -> None:
+    app = FastAPI()
+
+    def audit(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(boom, "in dependency")
+
+    @app.post("/work", dependencies=[Depends(audit)])
+    def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(sync_job, "from endpoint")
+        return {}
+
+    with pytest.raises(ZeroDivisionError):
+        post(app)
+
+    # One batch: the dependency's task failed, so the endpoint's, later in it, never ran.
+    failed, later = bgtasks.tasks
+    assert failed.status is TaskStatus.FAILED
+    assert later.status is TaskStatus.NOT_RUN
+    assert later.reason == (
+        "not run: an earlier task of its response failed, "
+        "boom('in dependency') raised ZeroDivisionError('boom in dependency')"
+    )
+    assert apps.ran == []
+
+
+def test_a_task_that_schedules_another_on_its_batch(bgtasks: BackgroundTaskCapture) -> None:
+    app = FastAPI()
+
+    @app.post("/work")
+    def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        def first() -> None:
+            apps.ran.append(("first", None))
+            background_tasks.add_task(async_job, "second")
+
+        background_tasks.add_task(first)
+        return {}
+
+    assert post(app) == 200
+    assert [record.call for record in bgtasks.tasks] == ["first()", "async_job('second')"]
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN, TaskStatus.RAN]
+    assert apps.ran == [("first", None), ("async_job", "second")]
+
+
+@pytest.mark.parametrize(
+    ("func", "name", "call", "did"),
+    [
+        (Mailer("m").send, "Mailer.send", "Mailer.send('a')", ("m.send", "a")),
+        (functools.partial(sync_job, flag=True), "sync_job", "sync_job('a', flag=True)", ("sync_job", "a")),
+        (Notifier(), "Notifier.__call__", "Notifier.__call__('a')", ("Notifier", "a")),
+        (lambda to: apps.ran.append(("lambda", to)), "<lambda>", "<lambda>('a')", ("lambda", "a")),
+    ],
+    ids=["bound-method", "partial", "callable-instance", "lambda"],
+)
+def test_kinds_of_callables_are_named_as_they_are_called(
+    bgtasks: BackgroundTaskCapture, func: object, name: str, call: str, did: object
+) -> None:
+    post(apps.fastapi_app((func, ("a",))))  # type: ignore[arg-type]
+
+    record = assert_task_added(func, "a")  # type: ignore[arg-type]
+    assert record.func is func
+    assert (record.name, record.call) == (name, call)
+    assert apps.ran == [did]
+
+
+def test_a_partial_matches_as_the_function_it_wraps(bgtasks: BackgroundTaskCapture) -> None:
+    post(apps.fastapi_app((functools.partial(sync_job, "p"), ())))
+
+    record = bgtasks.assert_task_added(sync_job, "p")
+    assert (record.args, record.kwargs) == ((), {})  # what add_task was given
+    assert record.call == "sync_job('p')"  # what will be called
+    bgtasks.assert_task_added(sync_job, value="p")
+
+
+def test_bound_methods_match_with_equality(bgtasks: BackgroundTaskCapture) -> None:
+    mailer = Mailer("m")
+    post(apps.fastapi_app((mailer.send, ("a",))))
+
+    bgtasks.assert_task_added(mailer.send, "a")  # a new bound method object, equal to it
+    # Bound methods are equal when bound to the same object, even if another one is equal.
+    bgtasks.assert_task_not_added(Mailer("m").send)
+
+
+def test_a_task_outside_any_request_has_no_request(bgtasks: BackgroundTaskCapture) -> None:
+    import anyio
+
+    batch = StarletteBackgroundTasks()
+    batch.add_task(sync_job, "no request")
+    anyio.run(batch)
+
+    (record,) = bgtasks.tasks
+    assert record.request is None
+    assert repr(record) == "sync_job('no request') [ran]"
+    assert record.added_at == f"{os.path.relpath(__file__)}:{_line_of('no request')}"
+
+
+def _line_of(text: str) -> int:
+    with open(__file__) as source:
+        for number, line in enumerate(source, start=1):
+            if f'"{text}")' in line and "add_task" in line:
+                return number
+    raise LookupError(text)
+
+
+def test_without_a_capture_nothing_is_recorded_and_tasks_run(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.stop()
+    try:
+        post(apps.fastapi_app((sync_job, ("a",))))
+    finally:
+        bgtasks.start()
+    assert bgtasks.tasks == []
+    assert apps.ran == [("sync_job", "a")]
+
+
+# -- modes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.bgtasks(mode="skip")
+def test_skip_mode_records_and_never_runs(bgtasks: BackgroundTaskCapture) -> None:
+    post(apps.fastapi_app((sync_job, ("a",)), (async_job, ("b",))))
+
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.SKIPPED] * 2
+    assert apps.ran == []
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_defer_mode_holds_tasks_until_run_deferred(bgtasks: BackgroundTaskCapture) -> None:
+    post(apps.fastapi_app((sync_job, ("a",)), (async_job, ("b",))))
+    assert apps.ran == []
+    assert bgtasks.deferred == bgtasks.tasks
+
+    ran = bgtasks.run_deferred()
+
+    assert ran == bgtasks.tasks
+    assert [record.status for record in ran] == [TaskStatus.RAN] * 2
+    assert apps.ran == [("sync_job", "a"), ("async_job", "b")]
+    assert bgtasks.deferred == []
+    assert bgtasks.run_deferred() == []
+
+
+def test_mode_can_change_inside_the_test(bgtasks: BackgroundTaskCapture) -> None:
+    app = apps.fastapi_app((sync_job, ("a",)))
+    bgtasks.mode = "skip"
+    post(app)
+    bgtasks.mode = "run"
+    post(app)
+
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.SKIPPED, TaskStatus.RAN]
+    with pytest.raises(ValueError, match=r"Unknown background task mode 'later'; expected one of: run, defer, skip\."):
+        bgtasks.mode = "later"  # type: ignore[assignment]
+    assert bgtasks.mode == "run"
+
+
+# -- rules -----------------------------------------------------------------------------------
+
+
+def test_fail_raises_instead_of_running_and_stops_the_rest_of_the_response(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.fail(sync_job, ConnectionRefusedError("smtp down"))
+    assert post(apps.fastapi_app((sync_job, ("a",)), (async_job, ("b",)))) == 200
+
+    failed, later = bgtasks.tasks
+    assert failed.status is TaskStatus.FAILED
+    assert failed.simulated
+    assert isinstance(failed.exception, ConnectionRefusedError)
+    assert bgtasks.assert_task_failed(sync_job, "a") is failed
+    assert later.status is TaskStatus.NOT_RUN
+    assert apps.ran == []
+
+
+def test_fail_without_exception_raises_a_clear_default(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.fail(sync_job)
+    post(apps.fastapi_app((sync_job, ("a",))))
+
+    exception = bgtasks.assert_task_failed(sync_job).exception
+    assert isinstance(exception, SimulatedTaskError)
+    assert str(exception) == "sync_job failed (bgtasks.fail)"
+
+
+def test_fail_accepts_an_exception_class(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.fail(sync_job, TimeoutError)
+    post(apps.fastapi_app((sync_job, ("a",))))
+    assert type(bgtasks.assert_task_failed(sync_job).exception) is TimeoutError
+
+
+def test_fail_times_fails_only_the_first_matching_runs(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.fail(sync_job, times=2)
+    app = apps.fastapi_app((sync_job, ("a",)))
+    for _ in range(3):
+        post(app)
+
+    statuses = [record.status for record in bgtasks.tasks]
+    assert statuses == [TaskStatus.FAILED, TaskStatus.FAILED, TaskStatus.RAN]
+    assert apps.ran == [("sync_job", "a")]
+
+
+def test_fail_with_propagate_reaches_the_client(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.fail(async_job, KeyError("k"), propagate=True)
+    with pytest.raises(KeyError):
+        post(apps.fastapi_app((async_job, ("a",)), (sync_job, ("b",))))
+
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.FAILED, TaskStatus.NOT_RUN]
+
+
+def test_rules_can_target_one_call_with_task(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.skip(task(sync_job, "b"))
+    post(apps.fastapi_app((sync_job, ("a",)), (sync_job, ("b",)), (sync_job, ("c",))))
+
+    statuses = [record.status for record in bgtasks.tasks]
+    assert statuses == [TaskStatus.RAN, TaskStatus.SKIPPED, TaskStatus.RAN]
+    assert apps.ran == [("sync_job", "a"), ("sync_job", "c")]
+
+
+def test_the_last_matching_rule_wins(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.skip(sync_job)
+    bgtasks.fail(task(sync_job, "b"))
+    post(apps.fastapi_app((sync_job, ("a",)), (sync_job, ("b",))))
+
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.SKIPPED, TaskStatus.FAILED]
+
+
+def test_a_rule_overrides_the_mode(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.mode = "skip"
+    bgtasks.defer(async_job)
+    post(apps.fastapi_app((sync_job, ("a",)), (async_job, ("b",))))
+
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.SKIPPED, TaskStatus.DEFERRED]
+    bgtasks.run_deferred()
+    assert apps.ran == [("async_job", "b")]
+
+
+@pytest.mark.parametrize("fake_kind", ["def", "async-def"])
+def test_replace_runs_the_fake_with_the_tasks_arguments(
+    bgtasks: BackgroundTaskCapture, fake_kind: str
+) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def fake(value: str, *, flag: bool = False) -> None:
+        seen.append((value, flag))
+
+    async def async_fake(value: str, *, flag: bool = False) -> None:
+        seen.append((value, flag))
+
+    bgtasks.replace(sync_job, fake if fake_kind == "def" else async_fake)
+    app = FastAPI()
+
+    @app.post("/work")
+    def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(sync_job, "a", flag=True)
+        return {}
+
+    post(app)
+    assert seen == [("a", True)]
+    assert apps.ran == []
+    assert bgtasks.assert_task_ran(sync_job, "a", flag=True).func is sync_job
+
+
+def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.replace(sync_job, boom)
+    with pytest.raises(ZeroDivisionError):
+        post(apps.fastapi_app((sync_job, ("a",))))
+    record = bgtasks.assert_task_failed(sync_job)
+    assert not record.simulated
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c: c.fail(sync_job, "down"), r"bgtasks.fail\(\) expects an exception instance or class, got 'down' \(str\)\."),
+        (lambda c: c.fail(sync_job, times=0), r"bgtasks.fail\(\) expects times= to be a positive int, got 0\."),
+        (lambda c: c.replace(sync_job, "fake"), r"bgtasks.replace\(\) expects a callable to run instead of sync_job, got 'fake' \(str\)\."),
+        (lambda c: c.skip("sync_job"), r"bgtasks.skip\(\) expects a task function or task\(func, \*args, \*\*kwargs\), got 'sync_job' \(str\)\."),
+        (lambda c: c.defer(42), r"bgtasks.defer\(\) expects a task function or task\(func, \*args, \*\*kwargs\), got 42 \(int\)\."),
+    ],
+    ids=["fail-not-exception", "fail-times", "replace-not-callable", "skip-not-callable", "defer-not-callable"],
+)
+def test_rules_reject_bad_input(bgtasks: BackgroundTaskCapture, call: object, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        call(bgtasks)  # type: ignore[operator]
+
+
+# -- blocks ----------------------------------------------------------------------------------
+
+
+def test_a_block_records_only_what_is_scheduled_inside_it(bgtasks: BackgroundTaskCapture) -> None:
+    app = apps.fastapi_app((sync_job, ("a",)))
+    post(app)
+    with bgtasks.capture() as block:
+        post(apps.fastapi_app((async_job, ("b",))))
+    post(app)
+
+    (inside,) = block.tasks
+    assert inside.call == "async_job('b')"
+    block.assert_task_added(async_job, "b")
+    block.assert_task_not_added(sync_job)
+    assert [record.call for record in bgtasks.tasks] == [
+        "sync_job('a')",
+        "async_job('b')",
+        "sync_job('a')",
+    ]
+    assert inside is bgtasks.tasks[1]
+
+
+def test_a_block_needs_an_active_capture() -> None:
+    capture = BackgroundTaskCapture()
+    with pytest.raises(RuntimeError, match=r"bgtasks.capture\(\) needs the capture to be active\."):
+        with capture.capture():
+            pass
+
+
+def test_the_core_works_as_a_plain_context_manager() -> None:
+    with BackgroundTaskCapture(mode="skip") as capture:
+        post(apps.fastapi_app((sync_job, ("a",))))
+    capture.assert_task_added(sync_job, "a")
+    assert capture.tasks[0].status is TaskStatus.SKIPPED
+    assert apps.ran == []
+    with pytest.raises(RuntimeError, match="This capture is active already"):
+        with capture, capture:
+            pass
+
+
+def test_free_assertions_need_an_active_capture() -> None:
+    with pytest.raises(
+        RuntimeError,
+        match=r"assert_task_added\(\) needs an active background task capture: request the "
+        r"`bgtasks` or `bg_client` fixture \(or mark the test with @pytest.mark.bgtasks\)\.",
+    ):
+        assert_task_added(sync_job)
+
+
+# -- deferred tasks --------------------------------------------------------------------------
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_run_deferred_only_and_limit(bgtasks: BackgroundTaskCapture) -> None:
+    post(apps.fastapi_app((sync_job, ("a",)), (async_job, ("b",)), (sync_job, ("c",))))
+
+    assert [record.call for record in bgtasks.run_deferred(only=task(sync_job, "c"))] == ["sync_job('c')"]
+    assert [record.call for record in bgtasks.run_deferred(limit=1)] == ["sync_job('a')"]
+    assert bgtasks.run_deferred(only=sync_job) == []
+    assert [record.call for record in bgtasks.run_deferred()] == ["async_job('b')"]
+    assert apps.ran == [("sync_job", "c"), ("sync_job", "a"), ("async_job", "b")]
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_run_deferred_runs_tasks_that_running_tasks_schedule(bgtasks: BackgroundTaskCapture) -> None:
+    app = FastAPI()
+
+    @app.post("/work")
+    def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        def first() -> None:
+            background_tasks.add_task(async_job, "scheduled by first")
+
+        background_tasks.add_task(first)
+        background_tasks.add_task(sync_job, "second")
+        return {}
+
+    post(app)
+    ran = bgtasks.run_deferred()
+
+    assert [record.call for record in ran] == ["first()", "sync_job('second')", "async_job('scheduled by first')"]
+    assert apps.ran == [("sync_job", "second"), ("async_job", "scheduled by first")]
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_run_deferred_stops_a_task_that_schedules_itself_forever(bgtasks: BackgroundTaskCapture) -> None:
+    app = FastAPI()
+
+    @app.post("/work")
+    def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        def again() -> None:
+            background_tasks.add_task(again)
+
+        background_tasks.add_task(again)
+        return {}
+
+    post(app)
+    with pytest.raises(RuntimeError, match=r"tasks kept scheduling tasks, 101 generations deep") as error:
+        bgtasks.run_deferred()
+    assert "pass limit= to run a bounded number" in str(error.value)
+    assert len(bgtasks.deferred) == 1
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_run_deferred_timeout_names_the_task(bgtasks: BackgroundTaskCapture) -> None:
+    import anyio
+
+    async def never_finishes() -> None:
+        await anyio.sleep_forever()
+
+    post(apps.fastapi_app((never_finishes, ())))
+    with pytest.raises(TimeoutError, match=r"Deferred task never_finishes\(\) \(.*\) did not finish within 0.1 seconds\."):
+        bgtasks.run_deferred(timeout=0.1)
+    assert bgtasks.tasks[0].status is TaskStatus.CANCELLED
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_a_failing_deferred_task_stops_its_response_and_raises_after_the_others(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    first = apps.fastapi_app((boom, ("1",)), (sync_job, ("same response",)))
+    other = apps.fastapi_app((async_job, ("other response",)))
+    post(first)
+    post(other)
+
+    with pytest.raises(ZeroDivisionError, match="boom 1"):
+        bgtasks.run_deferred()
+
+    statuses = [record.status for record in bgtasks.tasks]
+    assert statuses == [TaskStatus.FAILED, TaskStatus.NOT_RUN, TaskStatus.RAN]
+    assert apps.ran == [("async_job", "other response")]
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_deferred_tasks_run_with_the_context_they_were_scheduled_in(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    user: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="nobody")
+    seen: list[str] = []
+    app = FastAPI()
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        user.set("alice")
+        background_tasks.add_task(lambda: seen.append(user.get()))
+
+        async def in_async() -> None:
+            seen.append(user.get())
+
+        background_tasks.add_task(in_async)
+        return {}
+
+    post(app)
+    assert user.get() == "nobody"
+    bgtasks.run_deferred()
+    assert seen == ["alice", "alice"]
+    assert user.get() == "nobody"
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_run_deferred_inside_bg_client_runs_on_its_live_event_loop(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    import asyncio
+
+    loops: list[object] = []
+    app = FastAPI()
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        loops.append(asyncio.get_running_loop())
+
+        async def where() -> None:
+            loops.append(asyncio.get_running_loop())
+
+        background_tasks.add_task(where)
+        return {}
+
+    with TestClient(app) as client:
+        client.post("/work")
+        bgtasks.run_deferred()
+    assert loops[0] is loops[1]
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_run_deferred_arguments_are_checked(bgtasks: BackgroundTaskCapture) -> None:
+    with pytest.raises(TypeError, match=r"run_deferred\(\) expects limit= to be an int >= 0, got -1\."):
+        bgtasks.run_deferred(limit=-1)
+    with pytest.raises(TypeError, match=r"run_deferred\(\) expects timeout= to be a number of seconds > 0, got 0\."):
+        bgtasks.run_deferred(timeout=0)
+    with pytest.raises(TypeError, match=r"run_deferred\(\) expects a task function"):
+        bgtasks.run_deferred(only="sync_job")
+
+
+@pytest.mark.anyio
+@pytest.mark.bgtasks(mode="defer")
+async def test_arun_deferred_in_an_async_test(bgtasks: BackgroundTaskCapture) -> None:
+    import httpx
+
+    app = apps.fastapi_app((sync_job, ("a",)), (async_job, ("b",)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.post("/work")).status_code == 200
+    assert apps.ran == []
+
+    with pytest.raises(RuntimeError, match=r"use `await bgtasks.arun_deferred\(\)`"):
+        bgtasks.run_deferred()
+
+    ran = await bgtasks.arun_deferred()
+    assert [record.status for record in ran] == [TaskStatus.RAN, TaskStatus.RAN]
+    assert apps.ran == [("sync_job", "a"), ("async_job", "b")]
+
+
+# -- misuse ----------------------------------------------------------------------------------
+
+
+@pytest.mark.bgtasks(allow_failures=True)
+def test_a_sync_callable_returning_a_coroutine_is_reported_as_failed(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = FastAPI()
+
+    @app.post("/work")
+    def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(lambda: async_job("never awaited"))
+        return {}
+
+    with pytest.warns(RuntimeWarning, match="was never awaited"):
+        assert post(app) == 200
+        import gc
+
+        gc.collect()
+
+    (record,) = bgtasks.failed
+    assert record.problem is not None
+    assert "is a sync callable that returned <coroutine object async_job" in record.problem
+    assert "pass the async function itself to add_task" in record.problem
+    assert isinstance(record.exception, TypeError)
+    assert apps.ran == []
+
+
+def test_a_coroutine_object_given_to_add_task_is_reported_at_the_call_site(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = FastAPI()
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(async_job("x"))  # type: ignore[arg-type]
+        return {}
+
+    with pytest.raises(TypeError, match="'coroutine' object is not callable"):
+        post(app)
+    (record,) = bgtasks.tasks
+    assert record.problem == (
+        "add_task() was given a coroutine object, <coroutine object async_job>: pass the "
+        "function and its arguments instead, add_task(func, *args)"
+    )
+    assert record.status is TaskStatus.FAILED
+
+
+def test_a_response_reused_across_requests_is_detected(bgtasks: BackgroundTaskCapture) -> None:
+    from starlette.responses import JSONResponse
+
+    cached = JSONResponse({}, background=BackgroundTask(sync_job, "cached"))
+    app = FastAPI()
+
+    @app.post("/work")
+    def work() -> JSONResponse:
+        return cached
+
+    post(app)
+    post(app)
+
+    first, again = bgtasks.tasks
+    assert first.problem is None
+    assert again.problem == (
+        "this BackgroundTask object already ran as #0 (sync_job('cached') [ran]): "
+        "a response object reused across requests runs its tasks again"
+    )
+    assert apps.ran == [("sync_job", "cached")] * 2

@@ -1,0 +1,566 @@
+"""The plugin's surface, run in a separate pytest session: options, marker, header,
+teardown checks and the report section."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+APP = """
+import pytest
+from fastapi import BackgroundTasks, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+from starlette.testclient import TestClient
+from pytest_bgtasks import TaskStatus, assert_task_added
+
+done = []
+
+def send_welcome_email(email):
+    done.append(email)
+
+def audit(event):
+    done.append(event)
+
+def explode(value):
+    raise ZeroDivisionError(value)
+
+@pytest.fixture
+def app():
+    app = FastAPI()
+
+    @app.post("/signup")
+    def signup(background_tasks: BackgroundTasks):
+        background_tasks.add_task(send_welcome_email, "a@b.com")  # signup
+        return {}
+
+    @app.post("/own-background")
+    def own_background(background_tasks: BackgroundTasks):
+        background_tasks.add_task(send_welcome_email, "a@b.com")  # own
+        return JSONResponse({}, background=BackgroundTask(audit, "replaced"))  # replaced
+
+    @app.post("/not-found")
+    def not_found(background_tasks: BackgroundTasks):
+        background_tasks.add_task(send_welcome_email, "a@b.com")
+        raise HTTPException(404, "no such user")
+
+    @app.post("/explode")
+    def explode_later(background_tasks: BackgroundTasks):
+        background_tasks.add_task(explode, "in the background")  # explode
+        return {}
+
+    return app
+"""
+
+
+def make_tests(pytester: pytest.Pytester, body: str) -> None:
+    pytester.makeconftest(APP)
+    pytester.makepyfile(test_it=textwrap.dedent(body))
+
+
+def site(pytester: pytest.Pytester, code: str) -> str:
+    """'conftest.py:LINE' of the conftest line containing `code`."""
+    lines = (pytester.path / "conftest.py").read_text().splitlines()
+    (number,) = [n for n, line in enumerate(lines, start=1) if code in line]
+    return f"conftest.py:{number}"
+
+
+def test_header_says_the_mode(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    pytester.runpytest().stdout.fnmatch_lines(["bgtasks: mode=run"])
+    pytester.runpytest("--bgtasks-mode=defer").stdout.fnmatch_lines(["bgtasks: mode=defer"])
+    pytester.makeini("[pytest]\nbgtasks_mode = skip\n")
+    pytester.runpytest().stdout.fnmatch_lines(["bgtasks: mode=skip"])
+    pytester.runpytest("--bgtasks-mode", "run").stdout.fnmatch_lines(["bgtasks: mode=run"])
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "message"),
+    [
+        (["--bgtasks-mode=later"], "", "ERROR: --bgtasks-mode: 'later' is not one of: run, defer, skip."),
+        ([], "bgtasks_mode = later", "ERROR: ini bgtasks_mode: 'later' is not one of: run, defer, skip."),
+        ([], "bgtasks_on_dropped = explode", "ERROR: ini bgtasks_on_dropped: 'explode' is not one of: fail, warn, ignore."),
+    ],
+    ids=["cli-mode", "ini-mode", "ini-on-dropped"],
+)
+def test_bad_option_values_are_usage_errors(
+    pytester: pytest.Pytester, args: list[str], ini: str, message: str
+) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    if ini:
+        pytester.makeini(f"[pytest]\n{ini}\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "background tasks (pytest-bgtasks):",
+            "*--bgtasks-mode=MODE*what happens to captured background tasks: run*",
+            "*bgtasks_mode (string):*",
+            "*bgtasks_on_dropped (string):*",
+            "*bgtasks_allow_failures (bool):*",
+            "*bgtasks_assert_all_run (bool):*",
+            "*bgtasks_app_fixture (string):*",
+        ]
+    )
+    pytester.runpytest("--markers").stdout.fnmatch_lines(
+        ["@pytest.mark.bgtasks(*, mode=None, on_dropped=None, allow_failures=None, assert_all_run=None):*"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ('mdoe="defer"', "TypeError: @pytest.mark.bgtasks() got an unexpected keyword argument 'mdoe'; valid keywords: mode, on_dropped, allow_failures, assert_all_run."),
+        ('"defer"', "TypeError: @pytest.mark.bgtasks takes keyword arguments only, got ('defer',)."),
+        ('mode="later"', "ValueError: @pytest.mark.bgtasks(mode=...): 'later' is not one of: run, defer, skip."),
+        ('on_dropped="loud"', "ValueError: @pytest.mark.bgtasks(on_dropped=...): 'loud' is not one of: fail, warn, ignore."),
+        ('allow_failures="yes"', "TypeError: @pytest.mark.bgtasks(allow_failures=...) expects True or False, got 'yes'."),
+    ],
+    ids=["unknown-keyword", "positional", "bad-mode", "bad-on-dropped", "not-a-bool"],
+)
+def test_bad_marker_arguments_are_clear_errors(
+    pytester: pytest.Pytester, marker: str, message: str
+) -> None:
+    make_tests(
+        pytester,
+        f"""
+        import pytest
+
+        @pytest.mark.bgtasks({marker})
+        def test_it(bgtasks):
+            pass
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*_ ERROR at setup of test_it _*", message, "*short test summary*"])
+
+
+def test_closest_marker_wins_per_keyword(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        import pytest
+
+        pytestmark = pytest.mark.bgtasks(mode="skip", on_dropped="ignore")
+
+        @pytest.mark.bgtasks(mode="defer")
+        def test_function_marker_overrides_module_marker(bg_client, bgtasks):
+            bg_client.post("/signup")
+            assert bgtasks.mode == "defer"
+            assert len(bgtasks.deferred) == 1
+            bg_client.post("/own-background")  # dropped, and on_dropped="ignore" still applies
+
+        def test_module_marker(bg_client, bgtasks):
+            assert bgtasks.mode == "skip"
+        """,
+    )
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_mode_precedence_marker_over_cli_over_ini(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        import pytest
+
+        def test_default(bgtasks):
+            assert bgtasks.mode == "defer"
+
+        @pytest.mark.bgtasks(mode="run")
+        def test_marked(bgtasks):
+            assert bgtasks.mode == "run"
+        """,
+    )
+    pytester.makeini("[pytest]\nbgtasks_mode = skip\n")
+    pytester.runpytest("--bgtasks-mode=defer").assert_outcomes(passed=2)
+
+
+def test_the_marker_alone_turns_capture_on(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        import pytest
+        from starlette.testclient import TestClient
+        from pytest_bgtasks import assert_task_added, TaskStatus
+        from conftest import send_welcome_email
+
+        @pytest.mark.bgtasks(mode="skip")
+        def test_it(app):
+            with TestClient(app) as client:
+                client.post("/signup")
+            assert assert_task_added(send_welcome_email, "a@b.com").status is TaskStatus.SKIPPED
+        """,
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_a_dropped_task_fails_the_test_at_teardown(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        def test_it(bg_client):
+            assert bg_client.post("/own-background").status_code == 200
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+    email, replaced = site(pytester, "# own"), site(pytester, "# replaced")
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_it _*",
+            "1 background task was added but never run: its response never carried it.",
+            f"- send_welcome_email('a@b.com') [dropped] POST /own-background  ({email})",
+            "    never run: the response carried audit('replaced') instead; an endpoint that returns "
+            "a response with its own `background` replaces the injected BackgroundTasks",
+            'If this is expected, use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".',
+            "*- Captured background tasks -*",
+            f"- send_welcome_email('a@b.com') [dropped] POST /own-background  ({email})",
+            "*",
+            f"- audit('replaced') [ran] POST /own-background  ({replaced})",
+        ]
+    )
+
+
+def test_on_dropped_warn_and_ignore(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.bgtasks(on_dropped="warn")
+        def test_warn(bg_client):
+            bg_client.post("/own-background")
+
+        @pytest.mark.bgtasks(on_dropped="ignore")
+        def test_ignore(bg_client):
+            bg_client.post("/own-background")
+        """,
+    )
+    result = pytester.runpytest("-W", "default")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "test_it.py::test_warn",
+            "*BackgroundTaskWarning: 1 background task was added but never run*",
+        ]
+    )
+    pytester.runpytest("-W", "error", "-k", "ignore").assert_outcomes(passed=1, deselected=1)
+    pytester.makeini("[pytest]\nbgtasks_on_dropped = warn\n")
+    pytester.makepyfile(
+        test_it="def test_unmarked(bg_client):\n    bg_client.post('/own-background')\n"
+    )
+    pytester.runpytest("-W", "default").assert_outcomes(passed=1, warnings=1)
+
+
+def test_a_task_dropped_because_the_endpoint_raised_is_not_a_complaint(
+    pytester: pytest.Pytester,
+) -> None:
+    make_tests(
+        pytester,
+        """
+        from pytest_bgtasks import TaskStatus
+
+        def test_it(bg_client, bgtasks):
+            assert bg_client.post("/not-found").status_code == 404
+            (record,) = bgtasks.dropped
+            assert record.reason == (
+                "never run: the endpoint raised "
+                "HTTPException(status_code=404, detail='no such user'), answered with 404"
+            )
+        """,
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_a_task_exception_the_client_hid_fails_the_test(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        import pytest
+        from starlette.testclient import TestClient
+
+        def test_hidden(app, bgtasks):
+            with TestClient(app, raise_server_exceptions=False) as client:
+                assert client.post("/explode").status_code == 200
+
+        def test_seen(bg_client):
+            with pytest.raises(ZeroDivisionError):
+                bg_client.post("/explode")
+
+        from conftest import explode
+
+        @pytest.mark.bgtasks(allow_failures=True)
+        def test_allowed(app, bgtasks):
+            with TestClient(app, raise_server_exceptions=False) as client:
+                client.post("/explode")
+            bgtasks.assert_task_failed(explode)
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_hidden _*",
+            "1 background task raised and the test never saw the exception (the client or a "
+            "middleware hid it):",
+            f"- explode('in the background') [failed] POST /explode  ({site(pytester, '# explode')})",
+            "    raised: ZeroDivisionError('in the background')",
+            "    Traceback (most recent call last):",
+            f'      File "{pytester.path / "conftest.py"}", line {site(pytester, "raise ZeroDivisionError")[12:]}, in explode',
+            "        raise ZeroDivisionError(value)",
+            "    ZeroDivisionError: in the background",
+            "If the test expects this, assert it with bgtasks.assert_task_failed(...) and use "
+            "@pytest.mark.bgtasks(allow_failures=True).",
+        ]
+    )
+    pytester.makeini("[pytest]\nbgtasks_allow_failures = true\n")
+    pytester.runpytest().assert_outcomes(passed=3)
+
+
+def test_assert_all_run_fails_on_deferred_tasks_left_unrun(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.bgtasks(mode="defer", assert_all_run=True)
+        def test_left(bg_client):
+            bg_client.post("/signup")
+
+        @pytest.mark.bgtasks(mode="defer", assert_all_run=True)
+        def test_run(bg_client, bgtasks):
+            bg_client.post("/signup")
+            bgtasks.run_deferred()
+
+        @pytest.mark.bgtasks(mode="defer")
+        def test_not_asked(bg_client):
+            bg_client.post("/signup")
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_left _*",
+            "1 deferred background task was never run:",
+            f"- send_welcome_email('a@b.com') [deferred] POST /signup  ({site(pytester, '# signup')})",
+            "Run them with bgtasks.run_deferred(), or drop assert_all_run=True.",
+        ]
+    )
+    pytester.makeini("[pytest]\nbgtasks_assert_all_run = true\n")
+    pytester.runpytest().assert_outcomes(passed=3, errors=2)
+
+
+def test_no_teardown_complaint_on_a_test_that_already_failed(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        import pytest
+
+        def test_failing(bg_client):
+            bg_client.post("/own-background")
+            assert False, "the test's own failure"
+
+        @pytest.mark.xfail(strict=True)
+        def test_xfail(bg_client):
+            bg_client.post("/own-background")
+            assert False
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1, xfailed=1)
+    result.stdout.no_fnmatch_line("*never run*its response never carried*ERROR*")
+    result.stdout.no_fnmatch_line("*ERROR at teardown*")
+
+
+def test_a_failing_test_report_lists_captured_tasks(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        from pytest_bgtasks import assert_task_added
+        from conftest import audit
+
+        def test_fails(bg_client):
+            bg_client.post("/signup")
+            assert_task_added(audit)
+
+        def test_fails_with_nothing_captured(bgtasks):
+            assert False
+
+        def test_passes(bg_client):
+            bg_client.post("/signup")
+        """,
+    )
+    result = pytester.runpytest("--assert=plain")
+    result.assert_outcomes(failed=2, passed=1)
+    signup = site(pytester, "# signup")
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_fails _*",
+            "E       AssertionError: No background task matching audit(...) was added.",
+            "E       1 background task was added:",
+            f"E       - send_welcome_email('a@b.com') [ran] POST /signup  ({signup})",
+            "*- Captured background tasks -*",
+            f"- send_welcome_email('a@b.com') [ran] POST /signup  ({signup})",
+            "*_ test_fails_with_nothing_captured _*",
+            "*- Captured background tasks -*",
+            "No background tasks were added.",
+        ]
+    )
+    assert result.stdout.str().count("Captured background tasks") == 2
+
+
+def test_bg_client_needs_an_app_fixture(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_it(bg_client):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "bg_client needs a fixture named 'app' that returns your ASGI app; define one in "
+            "conftest.py, or name yours with the ini option bgtasks_app_fixture."
+        ]
+    )
+
+
+def test_bg_client_uses_the_fixture_the_ini_names(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import contextlib
+        import pytest
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        started = []
+
+        @pytest.fixture
+        def api():
+            async def hello(request):
+                return PlainTextResponse("hello")
+
+            @contextlib.asynccontextmanager
+            async def lifespan(app):
+                started.append(True)
+                yield
+
+            return Starlette(routes=[Route("/", hello)], lifespan=lifespan)
+
+        def test_it(bg_client, bgtasks):
+            assert bg_client.get("/").text == "hello"
+            assert started == [True]  # entered as a context manager: lifespan ran
+            bgtasks.assert_no_tasks()
+        """
+    )
+    pytester.makeini("[pytest]\nbgtasks_app_fixture = api\n")
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_a_missing_fixture_inside_app_is_reported_as_usual(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.fixture
+        def app(database):
+            return None
+
+        def test_it(bg_client):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'database' not found*"])
+
+
+UNTOUCHED = """
+import atexit, sys
+
+def _report():
+    from starlette.background import BackgroundTask, BackgroundTasks
+    from starlette.applications import Starlette
+    patched = [
+        f"{owner.__name__}.{name}"
+        for owner, name in [
+            (BackgroundTask, "__init__"), (BackgroundTask, "__call__"),
+            (BackgroundTasks, "__init__"), (BackgroundTasks, "add_task"),
+            (Starlette, "__call__"),
+        ]
+        if hasattr(owner.__dict__[name], "__wrapped__")
+    ]
+    print("patched at exit:", ", ".join(patched) or "none")
+
+atexit.register(_report)
+
+def pytest_sessionfinish(session):
+    loaded = sorted(m for m in sys.modules if m.startswith("pytest_bgtasks."))
+    print("plugin modules:", ", ".join(loaded))
+    print("starlette imported:", "starlette" in sys.modules)
+"""
+
+
+def test_a_session_that_never_uses_the_plugin_imports_and_patches_nothing(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(UNTOUCHED)
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest_subprocess("-s", "-p", "no:pytester")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*plugin modules: pytest_bgtasks.plugin",
+            "starlette imported: False",
+            "patched at exit: none",
+        ]
+    )
+
+
+def test_patches_are_removed_when_the_session_ends(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(UNTOUCHED)
+    pytester.makepyfile(
+        """
+        from starlette.background import BackgroundTask
+
+        def test_uses_the_plugin(bgtasks):
+            assert hasattr(BackgroundTask.__dict__["__call__"], "__wrapped__")
+
+        def test_fails(bgtasks):
+            raise RuntimeError("a failing test does not keep the patches")
+        """
+    )
+    result = pytester.runpytest_subprocess("-s", "-p", "no:pytester")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*starlette imported: True", "patched at exit: none"])
+
+
+def test_the_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_it(bgtasks):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:bgtasks")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'bgtasks' not found*"])
+    assert "bgtasks: mode" not in result.stdout.str()
+
+
+def test_the_option_lists_in_the_plugin_match_the_core() -> None:
+    from typing import get_args
+
+    from pytest_bgtasks import _capture, plugin
+
+    assert plugin.MODES == _capture.MODES == get_args(_capture.Mode)
