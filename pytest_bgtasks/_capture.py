@@ -12,7 +12,7 @@ import contextvars
 import inspect
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _messages
 from ._matching import (
@@ -35,8 +35,6 @@ Mode = Literal["run", "defer", "skip"]
 MODES: tuple[Mode, ...] = ("run", "defer", "skip")
 MAX_GENERATIONS = 100
 """How deep `run_deferred()` follows tasks that schedule tasks before it stops."""
-
-_T = TypeVar("_T")
 
 
 class SimulatedTaskError(Exception):
@@ -397,6 +395,9 @@ class BackgroundTaskCapture(TaskLog):
             if rule.propagate:
                 raise rule.exception
             return
+        # Inside a request the app stands between the task and the test; a held task run by
+        # run_deferred() still carries its request's context, but runs outside the request.
+        record._in_request = deferred_run.get() is None and _starlette.current_scope() is not None
         returned: list[Any] = []
         fake = rule.fake if rule is not None and rule.action == "replace" else None
         try:
@@ -474,12 +475,13 @@ class BackgroundTaskCapture(TaskLog):
             )
         selector = self._deferred_args(only, limit, timeout, "run_deferred()")
         run = lambda: self._run_deferred(selector, limit, timeout)  # noqa: E731
-        for record in self._queue:
-            if record._resume is not None:
-                resumed = record._resume(run)
-                if resumed is not _DEAD:
-                    return resumed  # type: ignore[no-any-return]
-                break
+        # On the event loop the first held task was deferred on, while it still runs (inside a
+        # `with TestClient(app)` block), else on a new one.
+        resume: _Resume | None = self._queue[0]._resume if self._queue else None
+        if resume is not None:
+            resumed = resume(run)
+            if resumed is not None:
+                return resumed
         import anyio
 
         return anyio.run(run)
@@ -556,9 +558,9 @@ class BackgroundTaskCapture(TaskLog):
 
     async def _run_one(self, run: DeferredRun) -> None:
         record = run.record
-        if record._context is not None:
-            for var, value in record._context.items():
-                var.set(value)
+        assert record._context is not None  # held tasks always have one
+        for var, value in record._context.items():
+            var.set(value)
         deferred_run.set(run)
         rule = self._rule_for(record, deferred=True)
         if rule is not None and rule.action == "skip":
@@ -568,7 +570,7 @@ class BackgroundTaskCapture(TaskLog):
 
     # -- teardown --------------------------------------------------------------------------
 
-    def check(
+    def _verdict(
         self,
         *,
         on_dropped: Literal["fail", "warn", "ignore"] = "fail",
@@ -590,7 +592,7 @@ class BackgroundTaskCapture(TaskLog):
                 if record.status is TaskStatus.FAILED
                 and not record.simulated
                 and record.exception is not None
-                and not _seen(record, record.exception, _starlette.reached_caller)
+                and not _seen(record, record.exception)
             ]
             if unseen:
                 errors.append(
@@ -603,21 +605,26 @@ class BackgroundTaskCapture(TaskLog):
             errors.append(_messages.unrun_deferred(list(self._queue)))
         return errors, warnings
 
-    def report(self) -> str:
+    def _report(self) -> str:
         """The "Captured background tasks" section of a failing test's report."""
         return _messages.report_section(self.tasks)
 
 
-def _seen(
-    record: TaskRecord, exc: BaseException, reached_caller: Callable[[BaseException], bool]
-) -> bool:
-    """Whether the test saw the task's exception: it went past the app to the test's code,
-    itself or inside what left the app (an ExceptionGroup, a RuntimeError it caused)."""
-    if reached_caller(exc):
+def _seen(record: TaskRecord, exc: BaseException) -> bool:
+    """Whether the test saw the task's exception: it went past the app (or past the runner,
+    for a task run outside any request) to the test's code, itself or inside what left the
+    app (an ExceptionGroup, the RuntimeError it caused)."""
+    from . import _starlette
+
+    if _starlette.reached_caller(exc, raised_in_request=record._in_request):
         return True
     scope = record._scope
     escaped = scope.error if scope is not None else None
-    return escaped is not None and _contains(escaped, exc) and reached_caller(escaped)
+    return (
+        escaped is not None
+        and _contains(escaped, exc)
+        and _starlette.reached_caller(escaped, raised_in_request=True)
+    )
 
 
 def _contains(outer: BaseException, inner: BaseException) -> bool:
@@ -651,7 +658,9 @@ def _check_mode(mode: object) -> Mode:
 
 # -- event loops -------------------------------------------------------------------------------
 
-_DEAD = object()
+_Resume = Callable[[Callable[[], Awaitable[list[TaskRecord]]]], "list[TaskRecord] | None"]
+"""Runs a coroutine function on the event loop a task was deferred on, from another thread;
+None when that loop is gone."""
 
 
 def _running_loop() -> object | None:
@@ -671,8 +680,8 @@ def _running_loop() -> object | None:
     return None
 
 
-def _current_loop() -> Callable[[Callable[[], Awaitable[_T]]], _T | object] | None:
-    """A way back onto the event loop running now, from another thread, while it runs."""
+def _current_loop() -> _Resume | None:
+    """A way back onto the event loop running now, for `run_deferred()` in the test's thread."""
     import asyncio
 
     try:
@@ -681,9 +690,11 @@ def _current_loop() -> Callable[[Callable[[], Awaitable[_T]]], _T | object] | No
         loop = None
     if loop is not None:
 
-        def resume_asyncio(func: Callable[[], Awaitable[_T]]) -> _T | object:
+        def resume_asyncio(
+            func: Callable[[], Awaitable[list[TaskRecord]]],
+        ) -> list[TaskRecord] | None:
             if loop.is_closed() or not loop.is_running():
-                return _DEAD
+                return None
             return asyncio.run_coroutine_threadsafe(func(), loop).result()  # type: ignore[arg-type]
 
         return resume_asyncio
@@ -695,11 +706,12 @@ def _current_loop() -> Callable[[Callable[[], Awaitable[_T]]], _T | object] | No
     except RuntimeError:
         return None
 
-    def resume_trio(func: Callable[[], Awaitable[_T]]) -> _T | object:
+    def resume_trio(func: Callable[[], Awaitable[list[TaskRecord]]]) -> list[TaskRecord] | None:
         try:
-            return trio.from_thread.run(func, trio_token=token)  # type: ignore[no-any-return]
+            result: list[TaskRecord] = trio.from_thread.run(func, trio_token=token)
         except trio.RunFinishedError:
-            return _DEAD
+            return None
+        return result
 
     return resume_trio
 

@@ -111,32 +111,25 @@ def arguments_match(expected: ExpectedTask, args: tuple[Any, ...], kwargs: dict[
     if bound is None:
         return False
     want, got = bound
-    return want.keys() == got.keys() and all(_equal(want[name], got[name]) for name in want)
+    return all(_equal(value, got[name]) for name, value in want.items())
 
 
 def mismatches(expected: ExpectedTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
-    """What differs between the expected call and an actual call of the same function."""
-    if expected.any_args:
-        return []
+    """What differs between the expected call (with arguments) and an actual call of the same
+    function: one entry per argument, by name when both calls fit the signature."""
     problem = _binding_problem(expected.func, expected.args, expected.kwargs)
     if problem is not None:
         return [f"the expected call does not fit {callable_name(expected.func)}{problem}"]
     bound = _bind_both(expected, args, kwargs)
-    if bound is not None:
-        want, got = bound
-        found = []
-        for name, value in want.items():
-            if name not in got:
-                found.append(f"arg {name!r} expected {_arg_repr(value)}, not given")
-            elif not _equal(value, got[name]):
-                found.append(
-                    f"arg {name!r} expected {_arg_repr(value)}, got {_arg_repr(got[name])}"
-                )
-        found += [
-            f"unexpected arg {name!r}={_arg_repr(got[name])}" for name in got if name not in want
-        ]
-        return found
-    return _raw_mismatches(expected, args, kwargs)
+    if bound is None:
+        return _raw_mismatches(expected, args, kwargs)
+    # Both calls are bound to the same signature with defaults applied: the same names.
+    want, got = bound
+    return [
+        f"arg {name!r} expected {_arg_repr(value)}, got {_arg_repr(got[name])}"
+        for name, value in want.items()
+        if not _equal(value, got[name])
+    ]
 
 
 def _raw_mismatches(

@@ -60,6 +60,7 @@ class TaskRecord:
         "_context",
         "_excused",
         "_generation",
+        "_in_request",
         "_resume",
         "_scope",
         "_site",
@@ -121,6 +122,7 @@ class TaskRecord:
         self._started = False
         self._excused = False
         self._generation = generation
+        self._in_request = False
         self._context: contextvars.Context | None = None
         self._resume: Any = None
 
@@ -135,13 +137,9 @@ class TaskRecord:
         if self._site is None:
             return None
         filename, line = self._site
-        try:
-            relative = os.path.relpath(filename)
-        except ValueError:  # another drive on Windows
-            relative = filename
-        if relative.startswith(os.pardir):
-            relative = filename
-        return f"{relative}:{line}"
+        same_drive = os.path.splitdrive(filename)[0] == os.path.splitdrive(os.getcwd())[0]
+        relative = os.path.relpath(filename) if same_drive else filename
+        return f"{filename if relative.startswith(os.pardir) else relative}:{line}"
 
     @property
     def call(self) -> str:
@@ -160,7 +158,7 @@ class TaskRecord:
         if self.added_at is not None:
             text += f"  ({self.added_at})"
         notes = [note for note in (self.reason, self.problem) if note]
-        if self.status is TaskStatus.FAILED and self.exception is not None:
+        if self.exception is not None:
             how = "simulated by bgtasks.fail()" if self.simulated else "raised"
             notes.insert(0, f"{how}: {self.exception!r}")
         return text + "".join(f"\n    {note}" for note in notes)

@@ -198,19 +198,32 @@ def install() -> bool:
     """Install the patches that are not in place; False when all of them were."""
     newly = False
     for owner, name, wrapper in _targets():
-        if (owner, name) in _originals:
+        current = _attribute(owner, name)
+        if _holds(current, _wrappers.get((owner, name))):
             continue
         newly = True
-        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-        if getattr(original, _MARK, False):
+        if getattr(current, _MARK, False):
             # Left by an earlier import of this module (pytester drops modules between
             # in-process runs): replace it rather than stack a second one on it.
-            original = original.__wrapped__
-        _originals[owner, name] = original
-        patched = _wrap(original, wrapper)
+            current = current.__wrapped__
+        _originals[owner, name] = current
+        patched = _wrap(current, wrapper)
         _wrappers[owner, name] = patched
         setattr(owner, name, patched)
     return newly
+
+
+def _attribute(owner: object, name: str) -> Any:
+    return owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+
+
+def _holds(current: Any, ours: Any) -> bool:
+    """Whether our patch is `current`, or under the wrappers others put on top of it."""
+    for _ in range(32):
+        if current is None or current is ours:
+            return current is not None
+        current = getattr(current, "__wrapped__", None)
+    return False
 
 
 _MARK = "__pytest_bgtasks_patch__"
@@ -234,15 +247,10 @@ def uninstall() -> None:
     """
     set_receiver(None)
     for (owner, name), original in list(_originals.items()):
-        current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name)
-        if current is _wrappers[owner, name]:
+        if _attribute(owner, name) is _wrappers[owner, name]:
             setattr(owner, name, original)
             del _originals[owner, name]
             del _wrappers[owner, name]
-
-
-def installed() -> bool:
-    return bool(_originals)
 
 
 # -- running tasks as Starlette runs them --------------------------------------------------------
@@ -302,19 +310,21 @@ def _call_site() -> tuple[str, int] | None:
     return None  # pragma: no cover - the test itself is always on the stack
 
 
-def reached_caller(exc: BaseException) -> bool:
-    """Whether `exc`, after it left the app, went through code other than the framework and
-    client libraries: the test, or a helper it called, saw it.
+def reached_caller(exc: BaseException, *, raised_in_request: bool) -> bool:
+    """Whether `exc` went past the app (or, for a task run outside any request, past the
+    plugin's runner) to code other than the framework and client libraries: the test, or
+    a helper it called, saw it.
 
-    A traceback lists the outermost frame first, so the frames before the app's own
-    `Starlette.__call__` are where the exception went after leaving the app.
+    A traceback lists the outermost frame first: the frames before the boundary are where
+    the exception went after leaving it. One that never left the boundary (caught by an
+    exception handler or a middleware inside the app) has no boundary frame at all.
     """
-    app_code = _app_call.__code__
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code is not app_code:
-        if not _is_library(tb.tb_frame):
-            return True
-        tb = tb.tb_next
+    boundary = _app_call.__code__ if raised_in_request else run_task.__code__
+    reached = False
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code is boundary:
+            return reached
+        reached = reached or not _is_library(frame)
     return False
 
 

@@ -137,7 +137,7 @@ def pytest_runtest_makereport(
     if capture is not None:
         item.stash.setdefault(_REPORTS, {})[report.when] = report
         if report.failed and report.when != "setup":
-            report.sections.append(("Captured background tasks", capture.report()))
+            report.sections.append(("Captured background tasks", capture._report()))
     return report
 
 
@@ -208,7 +208,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
         capture.stop()
     if _test_failed(request.node):
         return
-    errors, warns = capture.check(
+    errors, warns = capture._verdict(
         on_dropped=settings.on_dropped,  # type: ignore[arg-type]
         allow_failures=settings.allow_failures,
         assert_all_run=settings.assert_all_run,

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import apps
 import pytest
+
+import apps
 
 # Import the core now, so the in-process pytester runs of this suite (which drop the modules
 # they import) share it with the rest of the session.
-import pytest_bgtasks._capture  # noqa: F401
+import pytest_bgtasks._capture
 import pytest_bgtasks._starlette  # noqa: F401
 
 

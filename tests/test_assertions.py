@@ -6,15 +6,14 @@ import functools
 from typing import Any
 from unittest.mock import ANY
 
-import apps
 import pytest
-from apps import async_job, boom, sync_job
 from dirty_equals import IsStr
-from fastapi import BackgroundTasks, FastAPI
 from starlette.background import BackgroundTask
 from starlette.testclient import TestClient
 
+import apps
 import pytest_bgtasks
+from apps import async_job, boom, sync_job
 from pytest_bgtasks import BackgroundTaskCapture, TaskStatus, task
 
 SIGNUP_SITE = apps.site("fastapi")
@@ -106,14 +105,22 @@ def test_task_reprs_and_equality() -> None:
     assert expected == task(send_welcome_email, "a@b.com", subject="Hi")
     assert expected != task(send_welcome_email, "a@b.com")
     assert expected != (send_welcome_email, "a@b.com")
-    with pytest.raises(TypeError, match=r"task\(\) expects the task function first, got 'x' \(str\)\."):
+    with pytest.raises(
+        TypeError, match=r"task\(\) expects the task function first, got 'x' \(str\)\."
+    ):
         task("x")  # type: ignore[arg-type]
 
 
 def test_helpers_reject_what_is_not_a_task(bgtasks: BackgroundTaskCapture) -> None:
-    with pytest.raises(TypeError, match=r"assert_task_added\(\) expects a task function or task\(func, \*args, \*\*kwargs\), got 42 \(int\)\."):
+    with pytest.raises(
+        TypeError,
+        match=r"assert_task_added\(\) expects a task function or task\(func, \*args, \*\*kwargs\), got 42 \(int\)\.",
+    ):
         bgtasks.assert_task_added(42)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"assert_task_ran\(\) takes either task\(...\) or a function and its arguments\."):
+    with pytest.raises(
+        TypeError,
+        match=r"assert_task_ran\(\) takes either task\(...\) or a function and its arguments\.",
+    ):
         bgtasks.assert_task_ran(task(audit), "x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"assert_task_count\(\) expects a count >= 0, got -1\."):
         bgtasks.assert_task_count(-1)
@@ -126,7 +133,9 @@ def test_helpers_reject_what_is_not_a_task(bgtasks: BackgroundTaskCapture) -> No
 # -- messages --------------------------------------------------------------------------------
 
 
-def test_task_added_message_lists_everything_and_the_closest(bgtasks: BackgroundTaskCapture) -> None:
+def test_task_added_message_lists_everything_and_the_closest(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
     signup((send_welcome_email, "b@b.com"), (audit, "signup"))
 
     with pytest.raises(AssertionError) as failure:
@@ -151,9 +160,15 @@ def test_message_when_nothing_was_added(bgtasks: BackgroundTaskCapture) -> None:
 
 def test_closest_names_every_differing_argument(bgtasks: BackgroundTaskCapture) -> None:
     schedule((send_welcome_email, "b@b.com", "Hi"), (send_welcome_email, "a@b.com", "Hi"))
-    with pytest.raises(AssertionError, match=r"\nClosest: send_welcome_email: arg 'subject' expected 'Yo', got 'Hi'$"):
+    with pytest.raises(
+        AssertionError,
+        match=r"\nClosest: send_welcome_email: arg 'subject' expected 'Yo', got 'Hi'$",
+    ):
         bgtasks.assert_task_added(send_welcome_email, "a@b.com", "Yo")
-    with pytest.raises(AssertionError, match=r"arg 'email' expected 'c', got 'b@b.com'; arg 'subject' expected 'Yo', got 'Hi'$"):
+    with pytest.raises(
+        AssertionError,
+        match=r"arg 'email' expected 'c', got 'b@b.com'; arg 'subject' expected 'Yo', got 'Hi'$",
+    ):
         bgtasks.assert_task_added(send_welcome_email, "c", "Yo")
 
 
@@ -171,9 +186,14 @@ def test_closest_without_a_signature_compares_positions_and_keywords(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
     schedule((dict, ["a"]))
-    with pytest.raises(AssertionError, match=r"Closest: dict: arg 0 expected \['b'\], got \['a'\]$"):
+    with pytest.raises(
+        AssertionError, match=r"Closest: dict: arg 0 expected \['b'\], got \['a'\]$"
+    ):
         bgtasks.assert_task_added(dict, ["b"])
-    with pytest.raises(AssertionError, match=r"Closest: dict: positional args expected \(\), got \(\['a'\],\); kwarg 'x' expected 1, not given$"):
+    with pytest.raises(
+        AssertionError,
+        match=r"Closest: dict: positional args expected \(\), got \(\['a'\],\); kwarg 'x' expected 1, not given$",
+    ):
         bgtasks.assert_task_added(dict, x=1)
 
 
@@ -225,16 +245,24 @@ def test_task_ran_and_failed(bgtasks: BackgroundTaskCapture) -> None:
         "The matching task #2 is not run, not ran: not run: an earlier task of its response "
         "failed, boom('now') raised ZeroDivisionError('boom now')."
     )
-    with pytest.raises(AssertionError, match=r"The matching task #0 is ran, not failed: it ran without raising\.$"):
+    with pytest.raises(
+        AssertionError, match=r"The matching task #0 is ran, not failed: it ran without raising\.$"
+    ):
         bgtasks.assert_task_failed(audit)
-    with pytest.raises(AssertionError, match=r"The matching task #1 is failed, not ran: it raised ZeroDivisionError\('boom now'\)\.$"):
+    with pytest.raises(
+        AssertionError,
+        match=r"The matching task #1 is failed, not ran: it raised ZeroDivisionError\('boom now'\)\.$",
+    ):
         bgtasks.assert_task_ran(boom)
 
 
 @pytest.mark.bgtasks(mode="defer")
 def test_a_deferred_match_says_how_to_run_it(bgtasks: BackgroundTaskCapture) -> None:
     signup((audit, "x"))
-    with pytest.raises(AssertionError, match=r"The matching task #0 is deferred, not ran: run it with bgtasks.run_deferred\(\) \(await bgtasks.arun_deferred\(\) in async tests\)\.$"):
+    with pytest.raises(
+        AssertionError,
+        match=r"The matching task #0 is deferred, not ran: run it with bgtasks.run_deferred\(\) \(await bgtasks.arun_deferred\(\) in async tests\)\.$",
+    ):
         bgtasks.assert_task_ran(audit)
     bgtasks.run_deferred()
     bgtasks.assert_task_ran(audit)
@@ -244,9 +272,14 @@ def test_a_deferred_match_says_how_to_run_it(bgtasks: BackgroundTaskCapture) -> 
 def test_a_skipped_or_pending_match_says_so(bgtasks: BackgroundTaskCapture) -> None:
     signup((audit, "x"))
     schedule((sync_job, "pending"))
-    with pytest.raises(AssertionError, match=r"is skipped, not ran: it was skipped \(mode \"skip\" or bgtasks.skip\(\)\)\.$"):
+    with pytest.raises(
+        AssertionError,
+        match=r"is skipped, not ran: it was skipped \(mode \"skip\" or bgtasks.skip\(\)\)\.$",
+    ):
         bgtasks.assert_task_ran(audit)
-    with pytest.raises(AssertionError, match=r"is pending, not failed: its response has not finished\.$"):
+    with pytest.raises(
+        AssertionError, match=r"is pending, not failed: its response has not finished\.$"
+    ):
         bgtasks.assert_task_failed(sync_job)
 
 
@@ -264,7 +297,10 @@ def test_task_count(bgtasks: BackgroundTaskCapture) -> None:
         f"- audit('a') [pending]  ({_here('a')})\n"
         f"- audit('b') [pending]  ({_here('a')})"
     )
-    with pytest.raises(AssertionError, match=r"^Expected 2 background tasks matching async_job\(\.\.\.\), but 0 were added\.$"):
+    with pytest.raises(
+        AssertionError,
+        match=r"^Expected 2 background tasks matching async_job\(\.\.\.\), but 0 were added\.$",
+    ):
         bgtasks.assert_task_count(2, async_job)
 
 
@@ -352,3 +388,34 @@ def test_matching_survives_a_failing_eq(bgtasks: BackgroundTaskCapture) -> None:
 
     schedule((audit, Touchy()))
     bgtasks.assert_task_not_added(audit, Touchy())
+
+
+def test_raw_comparison_names_keyword_differences(bgtasks: BackgroundTaskCapture) -> None:
+    BackgroundTask(dict, ["a"], x=1)  # dict has no signature to bind to
+    with pytest.raises(AssertionError, match=r"Closest: dict: kwarg 'x' expected 2, got 1$"):
+        bgtasks.assert_task_added(dict, ["a"], x=2)
+    with pytest.raises(AssertionError, match=r"Closest: dict: unexpected kwarg 'x'=1$"):
+        bgtasks.assert_task_added(dict, ["a"])  # type: ignore[arg-type]
+
+
+def test_unhashable_and_touchy_callables_still_match(bgtasks: BackgroundTaskCapture) -> None:
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, to: str) -> None:
+            pass
+
+    class TouchyCallable:
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("do not compare me")
+
+        __hash__ = object.__hash__
+
+        def __call__(self) -> None:
+            pass
+
+    unhashable, touchy = Unhashable(), TouchyCallable()
+    schedule((unhashable, "a"), (touchy,))
+    bgtasks.assert_task_added(unhashable, to="a")
+    bgtasks.assert_task_added(touchy)
+    bgtasks.assert_task_not_added(TouchyCallable())

@@ -78,9 +78,21 @@ def test_header_says_the_mode(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     ("args", "ini", "message"),
     [
-        (["--bgtasks-mode=later"], "", "ERROR: --bgtasks-mode: 'later' is not one of: run, defer, skip."),
-        ([], "bgtasks_mode = later", "ERROR: ini bgtasks_mode: 'later' is not one of: run, defer, skip."),
-        ([], "bgtasks_on_dropped = explode", "ERROR: ini bgtasks_on_dropped: 'explode' is not one of: fail, warn, ignore."),
+        (
+            ["--bgtasks-mode=later"],
+            "",
+            "ERROR: --bgtasks-mode: 'later' is not one of: run, defer, skip.",
+        ),
+        (
+            [],
+            "bgtasks_mode = later",
+            "ERROR: ini bgtasks_mode: 'later' is not one of: run, defer, skip.",
+        ),
+        (
+            [],
+            "bgtasks_on_dropped = explode",
+            "ERROR: ini bgtasks_on_dropped: 'explode' is not one of: fail, warn, ignore.",
+        ),
     ],
     ids=["cli-mode", "ini-mode", "ini-on-dropped"],
 )
@@ -109,18 +121,35 @@ def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
         ]
     )
     pytester.runpytest("--markers").stdout.fnmatch_lines(
-        ["@pytest.mark.bgtasks(*, mode=None, on_dropped=None, allow_failures=None, assert_all_run=None):*"]
+        [
+            "@pytest.mark.bgtasks(*, mode=None, on_dropped=None, allow_failures=None, assert_all_run=None):*"
+        ]
     )
 
 
 @pytest.mark.parametrize(
     ("marker", "message"),
     [
-        ('mdoe="defer"', "TypeError: @pytest.mark.bgtasks() got an unexpected keyword argument 'mdoe'; valid keywords: mode, on_dropped, allow_failures, assert_all_run."),
-        ('"defer"', "TypeError: @pytest.mark.bgtasks takes keyword arguments only, got ('defer',)."),
-        ('mode="later"', "ValueError: @pytest.mark.bgtasks(mode=...): 'later' is not one of: run, defer, skip."),
-        ('on_dropped="loud"', "ValueError: @pytest.mark.bgtasks(on_dropped=...): 'loud' is not one of: fail, warn, ignore."),
-        ('allow_failures="yes"', "TypeError: @pytest.mark.bgtasks(allow_failures=...) expects True or False, got 'yes'."),
+        (
+            'mdoe="defer"',
+            "TypeError: @pytest.mark.bgtasks() got an unexpected keyword argument 'mdoe'; valid keywords: mode, on_dropped, allow_failures, assert_all_run.",
+        ),
+        (
+            '"defer"',
+            "TypeError: @pytest.mark.bgtasks takes keyword arguments only, got ('defer',).",
+        ),
+        (
+            'mode="later"',
+            "ValueError: @pytest.mark.bgtasks(mode=...): 'later' is not one of: run, defer, skip.",
+        ),
+        (
+            'on_dropped="loud"',
+            "ValueError: @pytest.mark.bgtasks(on_dropped=...): 'loud' is not one of: fail, warn, ignore.",
+        ),
+        (
+            'allow_failures="yes"',
+            "TypeError: @pytest.mark.bgtasks(allow_failures=...) expects True or False, got 'yes'.",
+        ),
     ],
     ids=["unknown-keyword", "positional", "bad-mode", "bad-on-dropped", "not-a-bool"],
 )
@@ -139,7 +168,9 @@ def test_bad_marker_arguments_are_clear_errors(
     )
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*_ ERROR at setup of test_it _*", message, "*short test summary*"])
+    result.stdout.fnmatch_lines(
+        ["*_ ERROR at setup of test_it _*", message, "*short test summary*"]
+    )
 
 
 def test_closest_marker_wins_per_keyword(pytester: pytest.Pytester) -> None:

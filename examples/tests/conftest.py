@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi import FastAPI
+
 from mailroom import config, db
 from mailroom.app import create_app
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from unittest.mock import ANY
 
 import pytest
+from starlette.testclient import TestClient
+
 from mailroom import app as app_module
 from mailroom import db
 from mailroom.tasks import CsvImportError, audit, import_csv, send_welcome_email
-from starlette.testclient import TestClient
-
 from pytest_bgtasks import (
     BackgroundTaskCapture,
     TaskStatus,
