@@ -416,9 +416,9 @@ class BackgroundTaskCapture(TaskLog):
         if returned and inspect.isawaitable(returned[0]):
             record.status = TaskStatus.FAILED
             record.problem = (
-                f"{record.name} is a sync callable that returned {returned[0]!r}; Starlette "
-                "runs it in a thread and never awaits the result: pass the async function "
-                "itself to add_task"
+                f"{record.name} is a sync callable that returned "
+                f"{callable_name(returned[0])}, which nobody awaits: Starlette runs sync tasks "
+                "in a thread and drops what they return; give add_task the async function"
             )
             record.exception = TypeError(record.problem)
         else:
@@ -582,9 +582,16 @@ class BackgroundTaskCapture(TaskLog):
 
         errors: list[str] = []
         warnings: list[str] = []
-        dropped = [r for r in self._records if r.status is TaskStatus.DROPPED and not r._excused]
-        if dropped and on_dropped != "ignore":
-            (errors if on_dropped == "fail" else warnings).append(_messages.dropped(dropped))
+        if on_dropped != "ignore":
+            found = errors if on_dropped == "fail" else warnings
+            dropped = [
+                r for r in self._records if r.status is TaskStatus.DROPPED and not r._excused
+            ]
+            if dropped:
+                found.append(_messages.dropped(dropped))
+            again = [record for record in self._records if record._again_of is not None]
+            if again:
+                found.append(_messages.ran_again(again))
         if not allow_failures:
             unseen = [
                 (record, record.exception)

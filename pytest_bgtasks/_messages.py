@@ -105,6 +105,17 @@ def dropped(records: Sequence[TaskRecord]) -> str:
     )
 
 
+def ran_again(records: Sequence[TaskRecord]) -> str:
+    n = len(records)
+    return (
+        f"{count(n)} ran again: the same BackgroundTask object had already run, so a response "
+        "object is reused across requests and replays its tasks.\n"
+        f"{bullets(records)}\n"
+        "Build the response (and its background) inside the endpoint; if this is expected, "
+        'use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".'
+    )
+
+
 def unseen_failures(records: Sequence[TaskRecord], tracebacks: Sequence[str]) -> str:
     n = len(records)
     parts = [

@@ -170,6 +170,7 @@ class Recorder:
             again = self._new_record(task, record._site, scope)
         if again is not None:
             again._batch = record._batch
+            again._again_of = record
             again.problem = (
                 f"this BackgroundTask object already ran as #{record.index} ({record!r}): "
                 "a response object reused across requests runs its tasks again"
@@ -221,18 +222,28 @@ def settle_unstarted(record: TaskRecord, scope: RequestScope) -> None:
         record.reason = f"never run: the request ended with a {scope.status} response"
     else:
         record._excused = False
-        ran = [other for other in scope.records if other._started and other._batch is None]
-        if ran:
-            record.reason = (
-                f"never run: the response carried {ran[0].call} instead; an endpoint that "
-                "returns a response with its own `background` replaces the injected "
-                "BackgroundTasks"
-            )
-        else:
-            record.reason = (
-                "never run: no response carried it (its BackgroundTasks was never attached "
-                "to the response, or a middleware replaced the response)"
-            )
+        record.reason = f"never run: {_why_not_carried(record, scope)}"
+
+
+def _why_not_carried(record: TaskRecord, scope: RequestScope) -> str:
+    started = [other for other in scope.records if other._started]
+    batch = record._batch
+    if batch is not None and any(other._batch is batch for other in started):
+        return (
+            "it was added to its BackgroundTasks after the response had run them "
+            "(in the exit code of a dependency with yield?)"
+        )
+    others = [other for other in started if other._batch is None or other._batch is not batch]
+    if others:
+        return (
+            f"the response carried {others[0].call} instead; an endpoint that returns a "
+            "response with its own `background` replaces the injected BackgroundTasks"
+        )
+    return (
+        "no response carried it (it was never given to the response that was sent: set on "
+        "the injected `response` parameter, lost by a route class or middleware that rebuilt "
+        "the response, or never passed as `background=`)"
+    )
 
 
 def is_cancellation(exc: BaseException) -> bool:

@@ -56,6 +56,7 @@ class TaskRecord:
     """
 
     __slots__ = (
+        "_again_of",
         "_batch",
         "_context",
         "_excused",
@@ -119,6 +120,7 @@ class TaskRecord:
         self._site = site
         self._scope = scope
         self._batch: Any = None
+        self._again_of: TaskRecord | None = None
         self._started = False
         self._excused = False
         self._generation = generation
@@ -158,7 +160,9 @@ class TaskRecord:
         if self.added_at is not None:
             text += f"  ({self.added_at})"
         notes = [note for note in (self.reason, self.problem) if note]
-        if self.exception is not None:
+        if self.exception is not None and str(self.exception) == self.problem:
+            notes = [f"raised {type(self.exception).__name__}: {self.problem}"]
+        elif self.exception is not None:
             how = "simulated by bgtasks.fail()" if self.simulated else "raised"
             notes.insert(0, f"{how}: {self.exception!r}")
         return text + "".join(f"\n    {note}" for note in notes)

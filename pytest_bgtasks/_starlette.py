@@ -340,9 +340,10 @@ def task_traceback(exc: BaseException) -> str:
         start += 1
     if start == len(entries):  # raised inside the framework itself: show all of it
         start = 0
-    summary = traceback.StackSummary.extract(entries[start:])
-    lines = ["Traceback (most recent call last):\n", *summary.format()]
-    lines += traceback.format_exception_only(type(exc), exc)
+    lines = traceback.format_exception_only(type(exc), exc)
+    if entries:
+        summary = traceback.StackSummary.extract(entries[start:])
+        lines = ["Traceback (most recent call last):\n", *summary.format(), *lines]
     return "".join(lines).rstrip()
 
 

@@ -4,15 +4,20 @@ nobody sees, cancelled responses, misuse. Each test pins the record and the app'
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
+import anyio
+import fastapi
 import pytest
-from fastapi import BackgroundTasks, FastAPI, HTTPException, WebSocket
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+import starlette
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,6 +26,14 @@ from starlette.testclient import TestClient
 import apps
 from apps import async_job, boom, sync_job
 from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus
+
+STARLETTE = tuple(int(part) for part in starlette.__version__.split(".")[:2])
+FASTAPI = tuple(int(part) for part in fastapi.__version__.split(".")[:2])
+NOT_CARRIED = (
+    "never run: no response carried it (it was never given to the response that was sent: set "
+    "on the injected `response` parameter, lost by a route class or middleware that rebuilt the "
+    "response, or never passed as `background=`)"
+)
 
 # -- silent drops ----------------------------------------------------------------------------
 
@@ -63,12 +76,133 @@ def test_a_batch_never_attached_to_the_response_is_dropped(bgtasks: BackgroundTa
         client.post("/work")
 
     (record,) = bgtasks.dropped
-    assert record.reason == (
-        "never run: no response carried it (its BackgroundTasks was never attached to the "
-        "response, or a middleware replaced the response)"
-    )
+    assert record.reason == NOT_CARRIED
     assert bgtasks._verdict()[0] != []
     assert apps.ran == []
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")
+def test_background_set_on_the_injected_response_parameter_is_dropped(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = FastAPI()
+
+    @app.post("/work")
+    def work(response: Response) -> dict[str, str]:
+        response.background = BackgroundTask(sync_job, "on the parameter")
+        return {}
+
+    with TestClient(app) as client:
+        assert client.post("/work").status_code == 200
+
+    (record,) = bgtasks.dropped
+    assert record.reason == NOT_CARRIED
+    assert bgtasks._verdict()[0] != []
+    assert apps.ran == []
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")
+def test_a_route_class_that_rebuilds_the_response_drops_its_tasks(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    class Rebuild(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def rebuilt(request: Request) -> Response:
+                response = await handler(request)
+                return Response(response.body, response.status_code, media_type="text/plain")
+
+            return rebuilt
+
+    app = FastAPI()
+    app.router.route_class = Rebuild
+
+    @app.post("/work")
+    def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(sync_job, "lost")
+        return {}
+
+    with TestClient(app) as client:
+        assert client.post("/work").status_code == 200
+
+    (record,) = bgtasks.dropped
+    assert record.reason == NOT_CARRIED
+    assert apps.ran == []
+
+
+def test_a_middleware_that_rebuilds_the_response_still_runs_the_tasks(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    # BaseHTTPMiddleware runs the inner response, tasks included, whatever it sends instead.
+    class Rebuild(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: Any) -> Response:
+            response = await call_next(request)
+            body = b"".join([chunk async for chunk in response.body_iterator])
+            return Response(body, response.status_code)
+
+    app = apps.fastapi_app((sync_job, ("kept",)))
+    app.add_middleware(Rebuild)
+    with TestClient(app) as client:
+        assert client.post("/work").status_code == 200
+
+    assert bgtasks.assert_task_ran(sync_job).request == TaskRequest("POST", "/work")
+    assert apps.ran == [("sync_job", "kept")]
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")
+def test_a_task_added_in_the_exit_of_a_yield_dependency(bgtasks: BackgroundTaskCapture) -> None:
+    app = FastAPI()
+
+    def session(background_tasks: BackgroundTasks) -> Iterator[None]:
+        yield
+        background_tasks.add_task(sync_job, "added on exit")
+
+    @app.post("/work", dependencies=[Depends(session)])
+    def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(sync_job, "from the endpoint")
+        return {}
+
+    with TestClient(app) as client:
+        client.post("/work")
+
+    endpoint, on_exit = bgtasks.tasks
+    assert endpoint.status is TaskStatus.RAN
+    if (0, 106) <= FASTAPI < (0, 118):
+        # The exit code runs before the response is sent: its task joins the batch in time.
+        assert on_exit.status is TaskStatus.RAN
+        assert apps.ran == [("sync_job", "from the endpoint"), ("sync_job", "added on exit")]
+    else:
+        # Before 0.106 and from 0.118 the exit code runs after the response ran its tasks.
+        assert on_exit.status is TaskStatus.DROPPED
+        assert on_exit.reason == (
+            "never run: it was added to its BackgroundTasks after the response had run them "
+            "(in the exit code of a dependency with yield?)"
+        )
+        assert apps.ran == [("sync_job", "from the endpoint")]
+
+
+def test_a_function_scoped_yield_dependency_exits_before_the_response(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = FastAPI()
+
+    def session(background_tasks: BackgroundTasks) -> Iterator[None]:
+        yield
+        background_tasks.add_task(sync_job, "added on exit")
+
+    if FASTAPI < (0, 121):  # Depends(scope=...) is new in FastAPI 0.121
+        with pytest.raises(TypeError, match="scope"):
+            Depends(session, scope="function")  # type: ignore[call-arg,unused-ignore]
+        return
+
+    @app.post("/work", dependencies=[Depends(session, scope="function")])  # type: ignore[call-arg,unused-ignore]
+    def work() -> dict[str, str]:
+        return {}
+
+    with TestClient(app) as client:
+        client.post("/work")
+    assert bgtasks.assert_task_ran(sync_job, "added on exit").status is TaskStatus.RAN
 
 
 @pytest.mark.bgtasks(on_dropped="ignore")
@@ -91,6 +225,37 @@ def test_a_websocket_endpoint_never_runs_its_tasks(bgtasks: BackgroundTaskCaptur
     assert record.reason == "never run: a WebSocket endpoint never runs background tasks"
     assert bgtasks._verdict()[0] != []
     assert apps.ran == []
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")
+def test_a_response_reused_across_requests_replays_its_tasks(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    cached = JSONResponse({}, background=BackgroundTask(sync_job, "cached"))
+    app = FastAPI()
+
+    @app.post("/work")
+    def work() -> JSONResponse:
+        return cached  # built once, at import time in a real app
+
+    with TestClient(app) as client:
+        client.post("/work")
+        client.post("/work")
+
+    first, again = bgtasks.tasks
+    assert first.problem is None
+    assert again.problem == (
+        "this BackgroundTask object already ran as #0 (sync_job('cached') [ran]): "
+        "a response object reused across requests runs its tasks again"
+    )
+    assert again.request == TaskRequest("POST", "/work")
+    assert apps.ran == [("sync_job", "cached")] * 2
+    (message,) = bgtasks._verdict()[0]
+    assert message.startswith(
+        "1 background task ran again: the same BackgroundTask object had already run, so a "
+        "response object is reused across requests and replays its tasks.\n"
+        "- sync_job('cached') [ran] POST /work"
+    )
 
 
 def test_an_http_exception_after_add_task_drops_without_complaint(
@@ -171,6 +336,48 @@ def test_an_unhandled_error_after_add_task_drops_without_complaint(
 
 
 # -- failures --------------------------------------------------------------------------------
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
+@pytest.mark.parametrize("middleware", [False, True], ids=["plain", "BaseHTTPMiddleware"])
+def test_the_first_of_three_tasks_fails(bgtasks: BackgroundTaskCapture, middleware: bool) -> None:
+    class Passthrough(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: Any) -> Response:
+            response: Response = await call_next(request)
+            return response
+
+    app = apps.fastapi_app((boom, ("first",)), (sync_job, ("second",)), (sync_job, ("third",)))
+    if middleware:
+        app.add_middleware(Passthrough)
+    swallowed = middleware and (0, 29) <= STARLETTE < (0, 46)
+
+    with TestClient(app) as client:
+        if swallowed:
+            # Starlette 0.29 to 0.45: BaseHTTPMiddleware stops reading at the end of the body
+            # and drops an exception the app raises after it: the client sees a 200.
+            assert client.post("/work").status_code == 200
+        else:
+            with pytest.raises(Exception) as raised:  # noqa: PT011
+                client.post("/work")
+            assert _contains(raised.value, ZeroDivisionError)
+
+    first, second, third = bgtasks.tasks
+    assert first.status is TaskStatus.FAILED
+    assert (second.status, third.status) == (TaskStatus.NOT_RUN, TaskStatus.NOT_RUN)
+    assert apps.ran == []
+    errors, _ = bgtasks._verdict()
+    if swallowed:
+        (message,) = errors
+        assert "- boom('first') [failed] POST /work" in message
+    else:
+        assert errors == []
+
+
+def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
+    """`exc` is a `kind`, or an exception group holding one (anyio 4 task groups)."""
+    if isinstance(exc, kind):
+        return True
+    return any(_contains(inner, kind) for inner in getattr(exc, "exceptions", ()))
 
 
 def test_an_http_exception_raised_in_a_task_keeps_the_original(
@@ -302,6 +509,53 @@ def test_a_streaming_body_that_raises_drops_its_tasks(bgtasks: BackgroundTaskCap
         record.reason == "never run: the request raised ConnectionResetError('upstream went away')"
     )
     assert bgtasks._verdict() == ([], [])
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")
+def test_a_stream_closed_early_by_the_client(bgtasks: BackgroundTaskCapture) -> None:
+    app = FastAPI()
+
+    @app.get("/stream")
+    def stream(background_tasks: BackgroundTasks) -> StreamingResponse:
+        background_tasks.add_task(sync_job, "after the body")
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(50):
+                yield b"x" * 1024
+                await anyio.sleep(0.01)
+
+        return StreamingResponse(body())
+
+    with TestClient(app) as client, client.stream("GET", "/stream") as response:
+        next(response.iter_bytes())
+
+    (record,) = bgtasks.tasks
+    if STARLETTE >= (1, 9):
+        # TestClient streams: closing early cancels the app before its tasks start.
+        assert record.status is TaskStatus.CANCELLED
+        assert record.reason == "never started: its request was cancelled"
+        assert apps.ran == []
+    else:
+        # TestClient reads the whole response first: the tasks ran before stream() returned.
+        assert record.status is TaskStatus.RAN
+        assert apps.ran == [("sync_job", "after the body")]
+
+
+def test_tasks_of_a_file_response(bgtasks: BackgroundTaskCapture, tmp_path: Any) -> None:
+    report = tmp_path / "report.csv"
+    report.write_text("id,total\n1,10\n")
+    app = FastAPI()
+
+    @app.get("/report")
+    def download(background_tasks: BackgroundTasks) -> FileResponse:
+        background_tasks.add_task(sync_job, "delete report")
+        return FileResponse(report)
+
+    with TestClient(app) as client:
+        assert client.get("/report").text == "id,total\n1,10\n"
+    assert bgtasks.assert_task_ran(sync_job, "delete report").request == TaskRequest(
+        "GET", "/report"
+    )
 
 
 # -- tasks created outside the capture ---------------------------------------------------------

@@ -1,0 +1,103 @@
+"""Unused-plugin overhead: a generated suite of trivial tests that never use the plugin, run by
+pytest with the plugin installed vs `-p no:bgtasks`.
+
+Each run is a fresh `python -m pytest` subprocess, the two variants alternating. Clock: wall time
+(`perf_counter_ns`) of the whole subprocess, what a user waits for; the children's CPU time
+(`os.times()`, where the OS reports it) is a secondary figure less disturbed by other work on
+the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from time import perf_counter_ns
+
+from _common import Result, alternate, median, ratio
+
+GOAL = 1.02
+TESTS_PER_FILE = 50
+
+# One test checks the variant is what it claims and that the plugin's core stays unimported.
+CHECK = """
+import os
+import sys
+
+
+def test_plugin_is_registered_as_expected_and_unused(request):
+    expected = os.environ["BENCH_EXPECT_PLUGIN"] == "1"
+    assert request.config.pluginmanager.has_plugin("bgtasks") is expected
+    assert "pytest_bgtasks._capture" not in sys.modules
+    assert "pytest_bgtasks._starlette" not in sys.modules
+"""
+
+
+def write_suite(directory: Path, tests: int) -> None:
+    """`tests` trivial tests in files of TESTS_PER_FILE, the check being one of them."""
+    (directory / "pytest.ini").write_text("[pytest]\n")  # stop the search for a config file
+    (directory / "test_check.py").write_text(CHECK)
+    remaining = tests - 1
+    for number in range(0, remaining, TESTS_PER_FILE):
+        count = min(TESTS_PER_FILE, remaining - number)
+        body = "".join(
+            f"def test_{number + i}():\n    assert {number + i} + 1 > {number + i}\n\n\n"
+            for i in range(count)
+        )
+        (directory / f"test_generated_{number // TESTS_PER_FILE:03}.py").write_text(body)
+
+
+def run_suite(directory: Path, with_plugin: bool) -> tuple[int, float]:
+    """(wall ns, children's CPU seconds) of one pytest run over the suite."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["BENCH_EXPECT_PLUGIN"] = "1" if with_plugin else "0"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if not with_plugin:
+        command += ["-p", "no:bgtasks"]
+    before = os.times()
+    start = perf_counter_ns()
+    completed = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True)
+    elapsed = perf_counter_ns() - start
+    after = os.times()
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stdout}{completed.stderr}")
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    return elapsed, cpu
+
+
+def run(quick: bool) -> Result:
+    tests, rounds = (20, 1) if quick else (500, 9)
+    with tempfile.TemporaryDirectory(prefix="bgtasks-bench-") as name:
+        directory = Path(name)
+        write_suite(directory, tests)
+        samples = alternate(
+            {
+                "installed": lambda: run_suite(directory, with_plugin=True),
+                "disabled": lambda: run_suite(directory, with_plugin=False),
+            },
+            rounds,
+        )
+    wall = {key: median([ns for ns, _ in values]) / 1e6 for key, values in samples.items()}
+    cpu = {key: median([s for _, s in values]) * 1000 for key, values in samples.items()}
+    overhead = ratio(wall["installed"], wall["disabled"])
+    notes = []
+    if cpu["disabled"]:
+        notes.append(
+            f"CPU time (children): ratio {ratio(cpu['installed'], cpu['disabled']):.3f} "
+            f"({cpu['installed']:.0f} vs {cpu['disabled']:.0f} ms)"
+        )
+    return Result(
+        name="unused-plugin overhead",
+        measured=f"ratio {overhead:.3f}",
+        goal=f"<= {GOAL}",
+        passed=overhead <= GOAL,
+        figures=(
+            f"installed {wall['installed']:.0f} ms/run, -p no:bgtasks {wall['disabled']:.0f} ms/run"
+        ),
+        method=f"{rounds} rounds x {tests} trivial tests, pytest subprocesses, medians, wall time",
+        notes=notes,
+    )
