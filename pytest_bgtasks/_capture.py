@@ -1,12 +1,13 @@
 """The capture: records every background task scheduled while it is active, decides what
 happens to each one (run, defer, skip, fail, replace) and answers the assertions.
 
-Nothing here imports pytest. Starlette is touched only through `_starlette`, imported when
-the first capture starts.
+Nothing here imports pytest, and Starlette is touched only through `_starlette`. The plugin
+imports this module when a test first uses it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import inspect
@@ -14,7 +15,9 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import _messages
+import anyio
+
+from . import _messages, _starlette
 from ._matching import (
     ExpectedTask,
     arguments_match,
@@ -382,13 +385,10 @@ class BackgroundTaskCapture(TaskLog):
 
     def _hold(self, record: TaskRecord) -> None:
         record.status = TaskStatus.DEFERRED
-        record._context = contextvars.copy_context()
-        record._resume = _current_loop()
+        record._more().held = (contextvars.copy_context(), _current_loop())
         self._queue.append(record)
 
     async def _execute(self, record: TaskRecord, rule: _Rule | None) -> None:
-        from . import _starlette
-
         if rule is not None and rule.action == "fail":
             assert rule.exception is not None
             self._failed(record, rule.exception, simulated=True)
@@ -397,7 +397,7 @@ class BackgroundTaskCapture(TaskLog):
             return
         # Inside a request the app stands between the task and the test; a held task run by
         # run_deferred() still carries its request's context, but runs outside the request.
-        record._in_request = deferred_run.get() is None and _starlette.current_scope() is not None
+        in_request = deferred_run.get() is None and _starlette.current_scope() is not None
         returned: list[Any] = []
         fake = rule.fake if rule is not None and rule.action == "replace" else None
         try:
@@ -406,28 +406,38 @@ class BackgroundTaskCapture(TaskLog):
             close_coroutine(record)
             if is_cancellation(exc):
                 record.status = TaskStatus.CANCELLED
-                record.reason = "cancelled while running"
+                record._more().reason = "cancelled while running"
                 self._stop_rest(
                     record, TaskStatus.CANCELLED, "never started: an earlier task was cancelled"
                 )
             else:
-                self._failed(record, exc)
+                self._failed(record, exc, in_request=in_request)
             raise
         if returned and inspect.isawaitable(returned[0]):
             record.status = TaskStatus.FAILED
-            record.problem = (
+            details = record._more()
+            details.problem = (
                 f"{record.name} is a sync callable that returned "
                 f"{callable_name(returned[0])}, which nobody awaits: Starlette runs sync tasks "
                 "in a thread and drops what they return; give add_task the async function"
             )
-            record.exception = TypeError(record.problem)
+            details.exception = TypeError(details.problem)
         else:
             record.status = TaskStatus.RAN
 
-    def _failed(self, record: TaskRecord, exc: BaseException, *, simulated: bool = False) -> None:
+    def _failed(
+        self,
+        record: TaskRecord,
+        exc: BaseException,
+        *,
+        simulated: bool = False,
+        in_request: bool = False,
+    ) -> None:
         record.status = TaskStatus.FAILED
-        record.exception = exc
-        record.simulated = simulated
+        details = record._more()
+        details.exception = exc
+        details.simulated = simulated
+        details.in_request = in_request
         self._stop_rest(
             record,
             TaskStatus.NOT_RUN,
@@ -454,7 +464,7 @@ class BackgroundTaskCapture(TaskLog):
                 if later in self._queue:
                     self._queue.remove(later)
                 later.status = status
-                later.reason = reason
+                later._more().reason = reason
 
     # -- deferred tasks --------------------------------------------------------------------
 
@@ -477,13 +487,12 @@ class BackgroundTaskCapture(TaskLog):
         run = lambda: self._run_deferred(selector, limit, timeout)  # noqa: E731
         # On the event loop the first held task was deferred on, while it still runs (inside a
         # `with TestClient(app)` block), else on a new one.
-        resume: _Resume | None = self._queue[0]._resume if self._queue else None
+        held = self._queue[0]._details.held if self._queue else None
+        resume: _Resume | None = held[1] if held is not None else None
         if resume is not None:
             resumed = resume(run)
             if resumed is not None:
                 return resumed
-        import anyio
-
         return anyio.run(run)
 
     async def arun_deferred(
@@ -512,18 +521,17 @@ class BackgroundTaskCapture(TaskLog):
     async def _run_deferred(
         self, only: ExpectedTask | None, limit: int | None, timeout: float | None
     ) -> list[TaskRecord]:
-        import anyio
-
         ran: list[TaskRecord] = []
         first_error: BaseException | None = None
         while limit is None or len(ran) < limit:
             record = next((r for r in self._queue if only is None or _matches(only, r)), None)
             if record is None:
                 break
-            if record._generation > MAX_GENERATIONS:
+            generation = record._details.generation
+            if generation > MAX_GENERATIONS:
                 raise RuntimeError(
                     f"bgtasks.run_deferred() stopped: tasks kept scheduling tasks, "
-                    f"{record._generation} generations deep. Next would be:\n"
+                    f"{generation} generations deep. Next would be:\n"
                     f"- {record.describe()}\n"
                     "A task that schedules itself needs a condition that ends it; "
                     "pass limit= to run a bounded number."
@@ -537,7 +545,7 @@ class BackgroundTaskCapture(TaskLog):
                         group.start_soon(self._run_one, run)
             except TimeoutError:
                 record.status = TaskStatus.CANCELLED
-                record.reason = f"cancelled: did not finish within timeout={timeout}s"
+                record._more().reason = f"cancelled: did not finish within timeout={timeout}s"
                 raise TimeoutError(
                     f"Deferred task {record.call} ({record.added_at}) did not finish within "
                     f"{timeout} seconds."
@@ -558,8 +566,9 @@ class BackgroundTaskCapture(TaskLog):
 
     async def _run_one(self, run: DeferredRun) -> None:
         record = run.record
-        assert record._context is not None  # held tasks always have one
-        for var, value in record._context.items():
+        assert record._details.held is not None  # held tasks always have one
+        context, _ = record._details.held
+        for var, value in context.items():
             var.set(value)
         deferred_run.set(run)
         rule = self._rule_for(record, deferred=True)
@@ -578,18 +587,18 @@ class BackgroundTaskCapture(TaskLog):
         assert_all_run: bool = False,
     ) -> tuple[list[str], list[str]]:
         """The teardown verdict: (errors, warnings), each a list of messages."""
-        from . import _starlette
-
         errors: list[str] = []
         warnings: list[str] = []
         if on_dropped != "ignore":
             found = errors if on_dropped == "fail" else warnings
             dropped = [
-                r for r in self._records if r.status is TaskStatus.DROPPED and not r._excused
+                r
+                for r in self._records
+                if r.status is TaskStatus.DROPPED and not r._details.excused
             ]
             if dropped:
                 found.append(_messages.dropped(dropped))
-            again = [record for record in self._records if record._again_of is not None]
+            again = [r for r in self._records if r._details.again_of is not None]
             if again:
                 found.append(_messages.ran_again(again))
         if not allow_failures:
@@ -621,9 +630,7 @@ def _seen(record: TaskRecord, exc: BaseException) -> bool:
     """Whether the test saw the task's exception: it went past the app (or past the runner,
     for a task run outside any request) to the test's code, itself or inside what left the
     app (an ExceptionGroup, the RuntimeError it caused)."""
-    from . import _starlette
-
-    if _starlette.reached_caller(exc, raised_in_request=record._in_request):
+    if _starlette.reached_caller(exc, raised_in_request=record._details.in_request):
         return True
     scope = record._scope
     escaped = scope.error if scope is not None else None
@@ -671,8 +678,6 @@ None when that loop is gone."""
 
 
 def _running_loop() -> object | None:
-    import asyncio
-
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -689,8 +694,6 @@ def _running_loop() -> object | None:
 
 def _current_loop() -> _Resume | None:
     """A way back onto the event loop running now, for `run_deferred()` in the test's thread."""
-    import asyncio
-
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:

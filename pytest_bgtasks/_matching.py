@@ -65,7 +65,10 @@ def call_shape(
     func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """The call as Starlette will make it: a `functools.partial` becomes its function,
-    its own arguments first."""
+    its own arguments first. The result shares `args` and `kwargs` when there is no partial:
+    do not change them."""
+    if not isinstance(func, functools.partial):
+        return func, args, kwargs  # type: ignore[return-value]
     kwargs = dict(kwargs)
     while isinstance(func, functools.partial):
         args = func.args + args
@@ -97,6 +100,8 @@ def format_call(func: object, args: tuple[Any, ...], kwargs: Mapping[str, Any]) 
 
 
 def same_function(expected: object, actual: object) -> bool:
+    if expected is actual:
+        return True
     try:
         return bool(expected == actual)
     except Exception:
@@ -105,8 +110,11 @@ def same_function(expected: object, actual: object) -> bool:
 
 def arguments_match(expected: ExpectedTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether a call of `expected.func` with `args`/`kwargs` (already in call shape) matches."""
-    if expected.any_args or (_equal(expected.args, args) and _equal(expected.kwargs, kwargs)):
+    if expected.any_args:
         return True
+    if len(expected.args) == len(args) and expected.kwargs.keys() == kwargs.keys():
+        # Same shape: binding both to the signature would pair the same values.
+        return _equal(expected.args, args) and _equal(expected.kwargs, kwargs)
     bound = _bind_both(expected, args, kwargs)
     if bound is None:
         return False

@@ -4,12 +4,15 @@ created, added, called, and every request that starts and finishes, for all acti
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import inspect
 import sys
 import threading
 from typing import Any, Protocol
 
+from . import _starlette
 from ._matching import callable_name
 from ._records import TaskRecord, TaskRequest, TaskStatus
 
@@ -58,10 +61,14 @@ class Recorder:
     """The one receiver of what the Starlette patches see, shared by all active captures."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self.logs: list[Any] = []
         """Active captures and blocks, outermost first; each has a `_records` list."""
+        self.records: list[TaskRecord] = []
+        """Every record made while a capture is active. Its task carries it, as the attribute
+        `_pytest_bgtasks_record`, until the last capture stops."""
         self.by_task: dict[int, TaskRecord] = {}
+        """Records of tasks that cannot carry an attribute (a subclass with `__slots__`)."""
 
     def controller(self) -> Any:
         """The innermost active capture that decides what happens to tasks, or None."""
@@ -71,8 +78,6 @@ class Recorder:
         return None
 
     def push(self, log: Any) -> None:
-        from . import _starlette
-
         with self.lock:
             if log in self.logs:
                 raise RuntimeError("This capture is active already.")
@@ -81,56 +86,57 @@ class Recorder:
             _starlette.set_receiver(self)
 
     def pop(self, log: Any) -> None:
-        from . import _starlette
-
         with self.lock:
             if log in self.logs:
                 self.logs.remove(log)
             if not self.logs:
                 _starlette.set_receiver(None)
-                for record in self.by_task.values():
+                for record in self.records:
                     close_coroutine(record)
+                    with contextlib.suppress(AttributeError):
+                        del record._task._pytest_bgtasks_record
+                self.records.clear()
                 self.by_task.clear()
 
     def record(self, task: Any) -> TaskRecord | None:
-        record = self.by_task.get(id(task))
+        """The record of `task` made while the captures are active, if any."""
+        record = getattr(task, "_pytest_bgtasks_record", None) or self.by_task.get(id(task))
         return record if record is not None and record._task is task else None
 
     def _new_record(
         self, task: Any, site: tuple[str, int] | None, scope: RequestScope | None
     ) -> TaskRecord | None:
-        # Called with the lock held.
-        if not self.logs:
+        # Called with the lock held, for every task: kept lean.
+        logs = self.logs
+        if not logs:
             return None
-        run = deferred_run.get()
-        record = TaskRecord(
-            task,
-            index=len(self.logs[0]._records),
-            site=site,
-            scope=scope,
-            generation=run.record._generation + 1 if run is not None else 0,
-        )
-        for log in self.logs:
+        record = TaskRecord(task, len(logs[0]._records), site, scope)
+        for log in logs:
             log._records.append(record)
-        self.by_task[id(task)] = record
+        self.records.append(record)
+        try:
+            task._pytest_bgtasks_record = record  # cheaper to keep than a dict entry
+        except AttributeError:  # a subclass with __slots__
+            self.by_task[id(task)] = record
         if scope is not None:
             scope.records.append(record)
+        run = deferred_run.get()
         if run is not None:
+            record._more().generation = run.record._details.generation + 1
             run.children.append(record)
         return record
 
     # -- what the patches report -----------------------------------------------------------
 
-    def task_created(self, task: Any, site: tuple[str, int] | None, scope: Any) -> None:
+    def task_created(self, task: Any, site: tuple[str, int] | None, scope: Any, batch: Any) -> None:
         with self.lock:
             record = self._new_record(task, site, scope)
-        if record is not None:
-            record.problem = misuse(task.func)
-
-    def task_added(self, batch: Any, task: Any) -> None:
-        record = self.record(task)
-        if record is not None:
-            record._batch = batch
+        if record is None:
+            return
+        record._batch = batch
+        problem = misuse(task.func)
+        if problem is not None:
+            record._more().problem = problem
 
     def batch_created(self, batch: Any) -> None:
         for item in batch.tasks:
@@ -139,8 +145,6 @@ class Recorder:
                 record._batch = batch
 
     async def task_called(self, task: Any) -> None:
-        from . import _starlette
-
         controller = self.controller()
         record = self._record_for_call(task) if controller is not None else None
         if controller is None or record is None:
@@ -157,8 +161,6 @@ class Recorder:
                 settle_unstarted(record, scope)
 
     def _record_for_call(self, task: Any) -> TaskRecord | None:
-        from . import _starlette
-
         scope = _starlette.current_scope()
         with self.lock:
             record = self.record(task)
@@ -170,8 +172,8 @@ class Recorder:
             again = self._new_record(task, record._site, scope)
         if again is not None:
             again._batch = record._batch
-            again._again_of = record
-            again.problem = (
+            again._more().again_of = record
+            again._more().problem = (
                 f"this BackgroundTask object already ran as #{record.index} ({record!r}): "
                 "a response object reused across requests runs its tasks again"
             )
@@ -202,27 +204,28 @@ def close_coroutine(record: TaskRecord) -> None:
 def settle_unstarted(record: TaskRecord, scope: RequestScope) -> None:
     """A task of a finished request that nothing ever called: why not?"""
     error = scope.error
+    details = record._more()
     if scope.kind == "websocket":
         record.status = TaskStatus.DROPPED
-        record.reason = "never run: a WebSocket endpoint never runs background tasks"
+        details.reason = "never run: a WebSocket endpoint never runs background tasks"
         return
     if error is not None and is_cancellation(error):
         record.status = TaskStatus.CANCELLED
-        record.reason = "never started: its request was cancelled"
+        details.reason = "never started: its request was cancelled"
         return
     record.status = TaskStatus.DROPPED
-    record._excused = True
+    details.excused = True
     if error is not None:
-        record.reason = f"never run: the request raised {error!r}"
+        details.reason = f"never run: the request raised {error!r}"
     elif scope.handled:
-        record.reason = f"never run: the endpoint raised {scope.handled[-1]!r}" + (
+        details.reason = f"never run: the endpoint raised {scope.handled[-1]!r}" + (
             f", answered with {scope.status}" if scope.status is not None else ""
         )
     elif scope.status is not None and scope.status >= 400:
-        record.reason = f"never run: the request ended with a {scope.status} response"
+        details.reason = f"never run: the request ended with a {scope.status} response"
     else:
-        record._excused = False
-        record.reason = f"never run: {_why_not_carried(record, scope)}"
+        details.excused = False
+        details.reason = f"never run: {_why_not_carried(record, scope)}"
 
 
 def _why_not_carried(record: TaskRecord, scope: RequestScope) -> str:
@@ -247,8 +250,6 @@ def _why_not_carried(record: TaskRecord, scope: RequestScope) -> str:
 
 
 def is_cancellation(exc: BaseException) -> bool:
-    import asyncio
-
     if isinstance(exc, asyncio.CancelledError):
         return True
     trio = sys.modules.get("trio")

@@ -49,84 +49,105 @@ class TaskRequest(NamedTuple):
         return f"{self.method} {self.path}"
 
 
+class Details:
+    """What only some records need (a failure, a reason, a deferral), kept apart so that the
+    common record stays small: a capture may hold many, and the garbage collector visits
+    every slot of every one. Unset fields read as the class defaults."""
+
+    exception: BaseException | None = None
+    reason: str | None = None
+    problem: str | None = None
+    simulated: bool = False
+    in_request: bool = False
+    """Whether a failure happened while a request ran it (not `run_deferred()`, not the test)."""
+    excused: bool = False
+    """A drop that is the framework working as designed (the endpoint raised)."""
+    again_of: TaskRecord | None = None
+    """For a task object that ran a second time: its first record."""
+    generation: int = 0
+    """How many deferred tasks scheduled this one, one inside the other."""
+    held: tuple[contextvars.Context, Any] | None = None
+    """While deferred: the context it was scheduled with, and a way back to its event loop."""
+
+
+_NO_DETAILS = Details()
+"""Shared by every record that has no details; never written to."""
+
+
 class TaskRecord:
     """One background task an app scheduled, and what became of it.
 
     Its repr reads like the call: `send_welcome_email('a@b.com') [ran] POST /signup`.
     """
 
-    __slots__ = (
-        "_again_of",
-        "_batch",
-        "_context",
-        "_excused",
-        "_generation",
-        "_in_request",
-        "_resume",
-        "_scope",
-        "_site",
-        "_started",
-        "_task",
-        "args",
-        "exception",
-        "func",
-        "index",
-        "kwargs",
-        "problem",
-        "reason",
-        "request",
-        "simulated",
-        "status",
-    )
+    __slots__ = ("_batch", "_details", "_scope", "_site", "_started", "_task", "index", "status")
 
-    func: Callable[..., Any]
-    """The callable given to `add_task` or `BackgroundTask`."""
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
     status: TaskStatus
-    exception: BaseException | None
-    """What the task raised (the real exception, or the one `fail()` injected)."""
-    request: TaskRequest | None
-    """Method and path of the request that scheduled it; None outside a request."""
     index: int
     """Position in scheduling order, starting at 0."""
-    reason: str | None
-    """Why it was dropped, not run or cancelled; None otherwise."""
-    problem: str | None
-    """A misuse of the API found at the call site (a coroutine object given to `add_task`...)."""
-    simulated: bool
-    """True when `exception` was injected by `bgtasks.fail()`."""
 
     def __init__(
-        self,
-        task: Any,
-        *,
-        index: int,
-        site: tuple[str, int] | None,
-        scope: RequestScope | None,
-        generation: int = 0,
+        self, task: Any, index: int, site: tuple[str, int] | None, scope: RequestScope | None
     ) -> None:
         self._task = task
-        self.func = task.func
-        self.args = tuple(task.args)
-        self.kwargs = dict(task.kwargs)
-        self.status = TaskStatus.PENDING
-        self.exception = None
-        self.request = scope.request if scope is not None else None
         self.index = index
-        self.reason = None
-        self.problem = None
-        self.simulated = False
+        self.status = TaskStatus.PENDING
         self._site = site
         self._scope = scope
         self._batch: Any = None
-        self._again_of: TaskRecord | None = None
+        """The `BackgroundTasks` it was added to, if any."""
         self._started = False
-        self._excused = False
-        self._generation = generation
-        self._in_request = False
-        self._context: contextvars.Context | None = None
-        self._resume: Any = None
+        """Whether a response (or `run_deferred()`) called it."""
+        self._details = _NO_DETAILS
+
+    def _more(self) -> Details:
+        """This record's own details, to write to."""
+        if self._details is _NO_DETAILS:
+            self._details = Details()
+        return self._details
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        """The callable given to `add_task` or `BackgroundTask`."""
+        func: Callable[..., Any] = self._task.func
+        return func
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The positional arguments it is called with."""
+        args: tuple[Any, ...] = self._task.args
+        return args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments it is called with."""
+        kwargs: dict[str, Any] = self._task.kwargs
+        return kwargs
+
+    @property
+    def request(self) -> TaskRequest | None:
+        """Method and path of the request that scheduled it; None outside a request."""
+        return self._scope.request if self._scope is not None else None
+
+    @property
+    def exception(self) -> BaseException | None:
+        """What the task raised (the real exception, or the one `fail()` injected)."""
+        return self._details.exception
+
+    @property
+    def reason(self) -> str | None:
+        """Why it was dropped, not run or cancelled; None otherwise."""
+        return self._details.reason
+
+    @property
+    def problem(self) -> str | None:
+        """A misuse found at the call site (a coroutine object given to `add_task`...)."""
+        return self._details.problem
+
+    @property
+    def simulated(self) -> bool:
+        """True when `exception` was injected by `bgtasks.fail()`."""
+        return self._details.simulated
 
     @property
     def name(self) -> str:

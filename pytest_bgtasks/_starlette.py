@@ -17,6 +17,7 @@ import contextvars
 import copy
 import functools
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Awaitable, Callable
@@ -67,9 +68,9 @@ class Scope(Protocol):
 class Receiver(Protocol):
     """What the patches report to while a capture is active."""
 
-    def task_created(self, task: Any, site: tuple[str, int] | None, scope: Any) -> None: ...
-
-    def task_added(self, batch: Any, task: Any) -> None: ...
+    def task_created(
+        self, task: Any, site: tuple[str, int] | None, scope: Any, batch: Any
+    ) -> None: ...
 
     def batch_created(self, batch: Any) -> None: ...
 
@@ -101,18 +102,37 @@ def current_scope() -> Any:
 # -- the patches ---------------------------------------------------------------------------------
 
 
+class _Handover(threading.local):
+    """What `add_task` knows (its batch, its caller) for the task it is about to create."""
+
+    batch: Any = None
+    site: tuple[str, int] | None = None
+
+
+_handover = _Handover()
+
+
 def _task_init(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
     _originals[BackgroundTask, "__init__"](self, func, *args, **kwargs)
     receiver = _receiver
     if receiver is not None:
-        receiver.task_created(self, _call_site(), _current_scope.get())
+        batch = _handover.batch
+        if batch is None:
+            receiver.task_created(self, _call_site(), _current_scope.get(), None)
+        else:
+            _handover.batch = None  # for this task only
+            receiver.task_created(self, _handover.site, _current_scope.get(), batch)
 
 
 def _add_task(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
-    _originals[BackgroundTasks, "add_task"](self, func, *args, **kwargs)
-    receiver = _receiver
-    if receiver is not None and self.tasks:
-        receiver.task_added(self, self.tasks[-1])
+    if _receiver is None:
+        _originals[BackgroundTasks, "add_task"](self, func, *args, **kwargs)
+        return
+    _handover.batch, _handover.site = self, _call_site()
+    try:
+        _originals[BackgroundTasks, "add_task"](self, func, *args, **kwargs)
+    finally:
+        _handover.batch = None
 
 
 def _batch_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -299,13 +319,24 @@ def is_async_callable(func: Any) -> bool:
 # -- where things happened -----------------------------------------------------------------------
 
 
+_sites: dict[tuple[str, int], tuple[str, int]] = {}
+"""One tuple per call site, shared by its records (a record keeps fewer objects alive)."""
+_in_framework: dict[types.CodeType, bool] = {}
+"""Whether a function's code belongs to Starlette, FastAPI or this plugin, by code object."""
+
+
 def _call_site() -> tuple[str, int] | None:
     """File and line of the app code that created the task (outside Starlette and FastAPI)."""
     frame = sys._getframe(2)
     while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if not module.startswith(_FRAMEWORK_MODULES):
-            return frame.f_code.co_filename, frame.f_lineno
+        code = frame.f_code
+        inside = _in_framework.get(code)
+        if inside is None:
+            module = frame.f_globals.get("__name__", "")
+            inside = _in_framework[code] = module.startswith(_FRAMEWORK_MODULES)
+        if not inside:
+            site = (code.co_filename, frame.f_lineno)
+            return _sites.setdefault(site, site)
         frame = frame.f_back  # type: ignore[assignment]
     return None  # pragma: no cover - the test itself is always on the stack
 

@@ -106,7 +106,7 @@ def test_the_recorder_ignores_what_arrives_after_the_last_capture_stopped() -> N
     # A server thread can report a task just after the test's capture stopped.
     task = BackgroundTask(sync_job, "late")
     recorder = _recorder.recorder
-    recorder.task_created(task, None, None)
+    recorder.task_created(task, None, None, None)
     assert recorder.record(task) is None
     anyio.run(recorder.task_called, task)
     assert apps.ran == [("sync_job", "late")]
