@@ -1,9 +1,9 @@
 """Every touch of Starlette and FastAPI internals lives in this module.
 
 One execution choke point exists in every supported version: `BackgroundTask.__call__`.
-Creation is seen in `BackgroundTask.__init__` (every task), `BackgroundTasks.add_task` (which
-batch, in what position; FastAPI's subclass calls `super()`) and `BackgroundTasks.__init__`
-(batches built from a list). The outermost `Starlette.__call__` of a request says which request
+Creation is seen in `BackgroundTask.__init__` (every task; when `BackgroundTasks.add_task` is
+the caller, its `self` is the task's batch) and `BackgroundTasks.__init__` (batches built from a
+list). The outermost `Starlette.__call__` of a request says which request
 scheduled a task and when that request is over. Exceptions that an exception handler turns into
 a response are seen where Starlette looks the handler up.
 
@@ -17,7 +17,6 @@ import contextvars
 import copy
 import functools
 import sys
-import threading
 import traceback
 import types
 from collections.abc import Awaitable, Callable
@@ -102,37 +101,24 @@ def current_scope() -> Any:
 # -- the patches ---------------------------------------------------------------------------------
 
 
-class _Handover(threading.local):
-    """What `add_task` knows (its batch, its caller) for the task it is about to create."""
-
-    batch: Any = None
-    site: tuple[str, int] | None = None
-
-
-_handover = _Handover()
-
-
 def _task_init(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
     _originals[BackgroundTask, "__init__"](self, func, *args, **kwargs)
     receiver = _receiver
     if receiver is not None:
-        batch = _handover.batch
-        if batch is None:
-            receiver.task_created(self, _call_site(), _current_scope.get(), None)
-        else:
-            _handover.batch = None  # for this task only
-            receiver.task_created(self, _handover.site, _current_scope.get(), batch)
+        receiver.task_created(self, _call_site(), _current_scope.get(), _adding_to())
 
 
-def _add_task(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
-    if _receiver is None:
-        _originals[BackgroundTasks, "add_task"](self, func, *args, **kwargs)
-        return
-    _handover.batch, _handover.site = self, _call_site()
-    try:
-        _originals[BackgroundTasks, "add_task"](self, func, *args, **kwargs)
-    finally:
-        _handover.batch = None
+def _adding_to() -> Any:
+    """The batch whose `add_task` is creating the task, if that is who creates it.
+
+    `BackgroundTasks.add_task` builds the task and appends it; the batch is the `self` of
+    that call, two frames up (FastAPI's subclass calls it through `super()`).
+    """
+    caller = sys._getframe(2)
+    code = caller.f_code
+    if code.co_name == "add_task" and caller.f_globals.get("__name__") == "starlette.background":
+        return caller.f_locals[code.co_varnames[0]]
+    return None
 
 
 def _batch_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -198,7 +184,6 @@ def _targets() -> list[tuple[object, str, Any]]:
         (BackgroundTask, "__init__", _task_init),
         (BackgroundTask, "__call__", _task_call),
         (BackgroundTasks, "__init__", _batch_init),
-        (BackgroundTasks, "add_task", _add_task),
         (Starlette, "__call__", _app_call),
     ]
     if _handler_module is not None:
