@@ -602,21 +602,27 @@ class BackgroundTaskCapture(TaskLog):
             if again:
                 found.append(_messages.ran_again(again))
         if not allow_failures:
-            unseen = [
-                (record, record.exception)
-                for record in self._records
-                if record.status is TaskStatus.FAILED
-                and not record.simulated
-                and record.exception is not None
-                and not _seen(record, record.exception)
-            ]
-            if unseen:
+            raised: list[tuple[TaskRecord, BaseException]] = []
+            idle: list[TaskRecord] = []
+            for record in self._records:
+                exc = record.exception
+                if record.status is not TaskStatus.FAILED or record.simulated or exc is None:
+                    continue
+                if exc.__traceback__ is None:
+                    # Never raised: made by the plugin to report a sync function that returned
+                    # a coroutine, a task that did nothing.
+                    idle.append(record)
+                elif not _seen(record, exc):
+                    raised.append((record, exc))
+            if raised:
                 errors.append(
                     _messages.unseen_failures(
-                        [record for record, _ in unseen],
-                        [_starlette.task_traceback(exc) for _, exc in unseen],
+                        [record for record, _ in raised],
+                        [_starlette.task_frames(exc) for _, exc in raised],
                     )
                 )
+            if idle:
+                errors.append(_messages.did_nothing(idle))
         if assert_all_run and self._queue:
             errors.append(_messages.unrun_deferred(list(self._queue)))
         return errors, warnings

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
 
 from ._matching import ExpectedTask
-from ._records import TaskRecord, TaskStatus
+from ._records import TaskRecord, TaskStatus, display_path
 
 LISTED_AT_MOST = 50
 """Records listed in one message; the rest are counted."""
@@ -116,19 +117,45 @@ def ran_again(records: Sequence[TaskRecord]) -> str:
     )
 
 
-def unseen_failures(records: Sequence[TaskRecord], tracebacks: Sequence[str]) -> str:
+def unseen_failures(records: Sequence[TaskRecord], frames: Sequence[traceback.StackSummary]) -> str:
+    """Tasks that raised where the test could not see it, each with its traceback."""
     n = len(records)
     parts = [
         f"{count(n)} raised and the test never saw the exception "
         "(the client or a middleware hid it):"
     ]
-    for record, text in zip(records, tracebacks, strict=True):
-        parts += [f"- {record.describe()}", _indent(text)]
+    for record, summary in zip(records, frames, strict=True):
+        parts += [f"- {record.describe()}", _indent(_traceback(record.exception, summary))]
     parts.append(
         "If the test expects this, assert it with bgtasks.assert_task_failed(...) and "
         "use @pytest.mark.bgtasks(allow_failures=True)."
     )
     return "\n".join(parts)
+
+
+def did_nothing(records: Sequence[TaskRecord]) -> str:
+    """Tasks whose sync function returned an awaitable: they "ran" without doing their work."""
+    n = len(records)
+    return (
+        f"{count(n)} never did {'its' if n == 1 else 'their'} work: a sync function returned "
+        "a coroutine, which nobody awaits.\n"
+        f"{bullets(records)}\n"
+        "If the test expects this, use @pytest.mark.bgtasks(allow_failures=True)."
+    )
+
+
+def _traceback(exc: BaseException | None, frames: traceback.StackSummary) -> str:
+    """Python's own traceback format, with paths relative to the working directory."""
+    lines = traceback.format_exception_only(type(exc), exc)
+    if frames:
+        shown = [
+            "".join(traceback.StackSummary.from_list([frame]).format()).replace(
+                f'File "{frame.filename}"', f'File "{display_path(frame.filename)}"', 1
+            )
+            for frame in frames
+        ]
+        lines = ["Traceback (most recent call last):\n", *shown, *lines]
+    return "".join(lines).rstrip()
 
 
 def unrun_deferred(records: Sequence[TaskRecord]) -> str:

@@ -15,6 +15,13 @@ if TYPE_CHECKING:
     from ._recorder import RequestScope
 
 
+def display_path(filename: str) -> str:
+    """A file's path relative to the working directory, or as it is when it lies outside."""
+    same_drive = os.path.splitdrive(filename)[0] == os.path.splitdrive(os.getcwd())[0]
+    relative = os.path.relpath(filename) if same_drive else filename
+    return filename if relative.startswith(os.pardir) else relative
+
+
 class TaskStatus(str, enum.Enum):
     """What became of a background task."""
 
@@ -160,9 +167,7 @@ class TaskRecord:
         if self._site is None:
             return None
         filename, line = self._site
-        same_drive = os.path.splitdrive(filename)[0] == os.path.splitdrive(os.getcwd())[0]
-        relative = os.path.relpath(filename) if same_drive else filename
-        return f"{filename if relative.startswith(os.pardir) else relative}:{line}"
+        return f"{display_path(filename)}:{line}"
 
     @property
     def call(self) -> str:
@@ -182,7 +187,7 @@ class TaskRecord:
             text += f"  ({self.added_at})"
         notes = [note for note in (self.reason, self.problem) if note]
         if self.exception is not None and str(self.exception) == self.problem:
-            notes = [f"raised {type(self.exception).__name__}: {self.problem}"]
+            pass  # the plugin made the exception to report the problem: nothing more to say
         elif self.exception is not None:
             how = "simulated by bgtasks.fail()" if self.simulated else "raised"
             notes.insert(0, f"{how}: {self.exception!r}")

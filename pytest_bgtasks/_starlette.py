@@ -344,7 +344,7 @@ def reached_caller(exc: BaseException, *, raised_in_request: bool) -> bool:
     return False
 
 
-def task_traceback(exc: BaseException) -> str:
+def task_frames(exc: BaseException) -> traceback.StackSummary:
     """The traceback of a task's exception from the task's own code on: the frames of the
     app, Starlette and the threadpool that led to it are left out."""
     entries = list(traceback.walk_tb(exc.__traceback__))
@@ -356,11 +356,7 @@ def task_traceback(exc: BaseException) -> str:
         start += 1
     if start == len(entries):  # raised inside the framework itself: show all of it
         start = 0
-    lines = traceback.format_exception_only(type(exc), exc)
-    if entries:
-        summary = traceback.StackSummary.extract(entries[start:])
-        lines = ["Traceback (most recent call last):\n", *summary.format(), *lines]
-    return "".join(lines).rstrip()
+    return traceback.StackSummary.extract(entries[start:])
 
 
 def _is_library(frame: Any) -> bool:

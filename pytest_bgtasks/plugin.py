@@ -55,7 +55,7 @@ def _marker_signature(
 _SETTINGS = pytest.StashKey[_Settings]()
 _CAPTURE = pytest.StashKey["BackgroundTaskCapture"]()
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
-_CLEANUP = pytest.StashKey[bool]()
+_USED = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -128,17 +128,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         names.append("bgtasks")
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    capture = item.stash.get(_CAPTURE, None)
-    if capture is not None:
-        item.stash.setdefault(_REPORTS, {})[report.when] = report
-        if report.failed and report.when != "setup":
-            report.sections.append(("Captured background tasks", capture._report()))
-    return report
+class _Reports:
+    """The hook a session needs once a test has used the plugin; registered then, so that the
+    tests of a session that never uses it run without it."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        capture = item.stash.get(_CAPTURE, None)
+        if capture is not None:
+            item.stash.setdefault(_REPORTS, {})[report.when] = report
+            if report.failed and report.when != "setup":
+                report.sections.append(("Captured background tasks", capture._report()))
+        return report
 
 
 def _settings_for(item: pytest.Item) -> _Settings:
@@ -183,6 +187,14 @@ def _test_failed(item: pytest.Item) -> bool:
     return any(report.failed or hasattr(report, "wasxfail") for report in reports.values())
 
 
+def _first_use(config: pytest.Config) -> None:
+    if config.stash.get(_USED, False):
+        return
+    config.stash[_USED] = True
+    config.pluginmanager.register(_Reports(), "bgtasks-reports")
+    config.add_cleanup(_release_patches)
+
+
 def _release_patches() -> None:
     from . import _recorder, _starlette
 
@@ -197,9 +209,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
 
     settings = _settings_for(request.node)
     capture = BackgroundTaskCapture(mode=settings.mode)  # type: ignore[arg-type]
-    if not request.config.stash.get(_CLEANUP, False):
-        request.config.stash[_CLEANUP] = True
-        request.config.add_cleanup(_release_patches)
+    _first_use(request.config)
     capture.start()
     request.node.stash[_CAPTURE] = capture
     try:
