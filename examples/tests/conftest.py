@@ -85,3 +85,9 @@ def app(smtp_server: SMTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # skip the lifespan (httpx.AsyncClient with ASGITransport) find the tables ready.
     db.init_schema()
     return create_app()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (`@pytest.mark.anyio`) run on asyncio."""
+    return "asyncio"
