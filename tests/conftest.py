@@ -22,3 +22,12 @@ def _empty_ran() -> Iterator[None]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester, whose child sessions run without hypothesis' pytest plugin: it imports all of
+    hypothesis at the end of every session (about a second in each subprocess run), and no
+    child session here uses it."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
+    return pytester
