@@ -67,6 +67,18 @@ def test_arguments_match_after_binding_to_the_signature(
     pytest_bgtasks.assert_task_added(send_welcome_email, *args, **kwargs)
 
 
+def test_the_same_object_matches_itself_by_position_or_keyword(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    # NaN is not equal to itself; as in a tuple or a dict, the same object still matches.
+    nan = float("nan")
+    schedule((send_welcome_email, nan))
+    bgtasks.assert_task_added(send_welcome_email, nan)
+    bgtasks.assert_task_added(send_welcome_email, email=nan)
+    bgtasks.assert_task_added(send_welcome_email, nan, subject="Welcome")
+    bgtasks.assert_task_not_added(send_welcome_email, float("nan"))
+
+
 def test_every_argument_must_match(bgtasks: BackgroundTaskCapture) -> None:
     schedule((send_welcome_email, "a@b.com", "Hi"))
     bgtasks.assert_task_not_added(send_welcome_email, "a@b.com")  # subject differs from default
