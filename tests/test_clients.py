@@ -1,5 +1,5 @@
-"""Capture works whatever drives the app: TestClient on httpx or httpx2, httpx.AsyncClient, a
-real uvicorn server on the loopback, mounted sub-apps; and with many requests at once."""
+"""Capture works whatever drives the app: TestClient on httpx or httpx2, a real uvicorn server
+on the loopback, mounted sub-apps. httpx.AsyncClient, and many requests at once: test_load.py."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 
 import apps
 from apps import boom, sync_job
-from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus, task
+from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus
 
 STARLETTE = tuple(int(part) for part in starlette.__version__.split(".")[:2])
 
@@ -95,35 +95,6 @@ def test_the_test_client_on_the_installed_httpx(bgtasks: BackgroundTaskCapture) 
     with TestClient(apps.fastapi_app((sync_job, (flavour,)))) as client:
         client.post("/work")
     bgtasks.assert_task_ran(sync_job, flavour)
-
-
-@pytest.mark.anyio
-async def test_fifty_concurrent_requests_keep_their_own_records(
-    bgtasks: BackgroundTaskCapture,
-) -> None:
-    app = FastAPI()
-
-    @app.post("/orders/{order_id}")
-    async def order(order_id: int, background_tasks: BackgroundTasks) -> dict[str, int]:
-        background_tasks.add_task(sync_job, f"invoice {order_id}")
-        await asyncio.sleep(0.001 * (order_id % 5))  # interleave the requests
-        background_tasks.add_task(apps.async_job, f"ship {order_id}")
-        return {"order": order_id}
-
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        responses = await asyncio.gather(*(client.post(f"/orders/{n}") for n in range(50)))
-
-    assert {response.status_code for response in responses} == {200}
-    assert len(bgtasks.tasks) == 100
-    for record in bgtasks.tasks:
-        order_id = record.args[0].split()[1]
-        assert record.request == TaskRequest("POST", f"/orders/{order_id}")
-        assert record.status is TaskStatus.RAN
-    for n in range(50):
-        bgtasks.assert_tasks_in_order(
-            task(sync_job, f"invoice {n}"), task(apps.async_job, f"ship {n}")
-        )
 
 
 # -- context -----------------------------------------------------------------------------------
