@@ -4,6 +4,8 @@ is imported only when a test uses the plugin."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import warnings
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -96,6 +98,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
+    config.add_cleanup(functools.partial(_release_patches, _active_captures()))
     mode = config.getoption("bgtasks_mode") or config.getini("bgtasks_mode")
     source = "--bgtasks-mode" if config.getoption("bgtasks_mode") else "ini bgtasks_mode"
     _check_choice(mode, MODES, source, pytest.UsageError)
@@ -192,13 +195,28 @@ def _first_use(config: pytest.Config) -> None:
         return
     config.stash[_USED] = True
     config.pluginmanager.register(_Reports(), "bgtasks-reports")
-    config.add_cleanup(_release_patches)
 
 
-def _release_patches() -> None:
-    from . import _recorder, _starlette
+def _active_captures() -> list[Any]:
+    """The captures active now (those of an enclosing pytester session), without importing
+    the core."""
+    recorder_module = sys.modules.get("pytest_bgtasks._recorder")
+    return [] if recorder_module is None else list(recorder_module.recorder.logs)
 
-    if not _recorder.recorder.logs:
+
+def _release_patches(enclosing: list[Any]) -> None:
+    """At the end of the session: stop the captures it started and left running, then put
+    Starlette back as it was, unless an enclosing session still captures."""
+    recorder_module = sys.modules.get("pytest_bgtasks._recorder")
+    if recorder_module is None:  # the session never used the plugin
+        return
+    recorder = recorder_module.recorder
+    for log in reversed(list(recorder.logs)):
+        if not any(log is outer for outer in enclosing):
+            recorder.pop(log)
+    if not recorder.logs:
+        from . import _starlette
+
         _starlette.uninstall()
 
 

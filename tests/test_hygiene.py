@@ -4,6 +4,7 @@ inert when nothing captures."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +15,13 @@ from starlette.testclient import TestClient
 
 import apps
 from apps import sync_job
-from pytest_bgtasks import BackgroundTaskCapture, TaskStatus, _recorder, _starlette
+from pytest_bgtasks import (
+    BackgroundTaskCapture,
+    TaskStatus,
+    _recorder,
+    _starlette,
+    assert_task_count,
+)
 
 
 def current_call() -> Any:
@@ -74,6 +81,14 @@ def test_another_wrapper_of_the_call_keeps_working_and_so_does_the_plugin(
         assert current_call().__wrapped__ is pristine
     else:  # ours is under the other wrapper now: it stays, inert
         assert getattr(current_call().__wrapped__, "__pytest_bgtasks_patch__", False)
+
+    # A later session captures again, through the other wrapper, and records each task once.
+    with BackgroundTaskCapture() as again:
+        run_one_request()
+    (record,) = again.tasks
+    assert record.status is TaskStatus.RAN
+    assert log == ["start sync_job", "end sync_job"] * 3
+    assert apps.ran == [("sync_job", "a")] * 3
 
 
 def test_patches_are_installed_once_and_removed_completely(pristine: Any) -> None:
@@ -135,6 +150,45 @@ def test_stopping_twice_is_harmless(bgtasks: BackgroundTaskCapture) -> None:
     assert len(bgtasks.tasks) == 1
 
 
+def test_nested_captures_each_keep_their_own_records(bgtasks: BackgroundTaskCapture) -> None:
+    def post(value: str) -> None:
+        with TestClient(apps.fastapi_app((sync_job, (value,)))) as client:
+            client.post("/work")
+
+    post("outer")
+    with bgtasks.capture() as block:
+        post("block")
+        with bgtasks.capture() as inner:
+            post("inner")
+            # A block records; the capture around it still decides and answers free helpers.
+            assert_task_count(3)
+        with BackgroundTaskCapture(mode="skip") as separate:
+            post("separate")
+            assert_task_count(1)  # the innermost capture answers now
+    post("after")
+
+    def calls(log: Any) -> list[str]:
+        return [record.call for record in log.tasks]
+
+    assert calls(bgtasks) == [
+        f"sync_job({v!r})" for v in ("outer", "block", "inner", "separate", "after")
+    ]
+    assert calls(block) == ["sync_job('block')", "sync_job('inner')", "sync_job('separate')"]
+    assert calls(inner) == ["sync_job('inner')"]
+    assert calls(separate) == ["sync_job('separate')"]
+    # One record per task, shared by every capture that saw it, indexed in the outermost one.
+    assert inner.tasks[0] is block.tasks[1] is bgtasks.tasks[2]
+    assert [record.index for record in block.tasks] == [1, 2, 3]
+    # The separate capture decided about its task: skipped; the others ran.
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN] * 3 + [
+        TaskStatus.SKIPPED,
+        TaskStatus.RAN,
+    ]
+    inner.assert_task_not_added(sync_job, "block")
+    block.assert_task_not_added(sync_job, "outer")
+    separate.assert_task_count(1)
+
+
 def test_a_batch_built_from_tasks_made_before_the_capture(bgtasks: BackgroundTaskCapture) -> None:
     bgtasks.stop()
     early = BackgroundTask(sync_job, "early")
@@ -146,3 +200,233 @@ def test_a_batch_built_from_tasks_made_before_the_capture(bgtasks: BackgroundTas
     assert second.func is boom_now
     assert first.call == "sync_job('early')"
     assert first.status is TaskStatus.RAN
+
+
+# -- whole sessions ----------------------------------------------------------------------------
+
+SESSION_CHECK = """
+import json
+import os
+
+import pytest
+from fastapi import BackgroundTasks, FastAPI
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+
+from pytest_bgtasks import _starlette
+
+originals = {}
+patched_during_the_session = set()
+
+
+def attributes():
+    return {
+        f"{getattr(owner, '__name__', owner)}.{name}": (owner, name)
+        for owner, name, _ in _starlette._targets()
+    }
+
+
+def current(owner, name):
+    return owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+
+
+def changed():
+    return sorted(
+        label for label, (owner, name) in attributes().items()
+        if current(owner, name) is not originals[label]
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # Before the plugin does anything (it patches at the first capture), and registered before
+    # its own cleanup, so that `report` runs after it (cleanups run last in, first out).
+    for label, (owner, name) in attributes().items():
+        originals[label] = current(owner, name)
+    config.add_cleanup(lambda: report(config))
+
+
+def pytest_runtest_logreport(report):
+    patched_during_the_session.update(changed())
+
+
+def report(config):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    (config.rootpath / f"session-{worker}.json").write_text(json.dumps({
+        "targets": sorted(originals),
+        "patched during the session": sorted(patched_during_the_session),
+        "changed at the end": changed(),
+    }))
+
+
+done = []
+
+
+def job(value):
+    done.append(value)
+
+
+@pytest.fixture
+def app():
+    app = FastAPI()
+
+    @app.post("/work")
+    def work(background_tasks: BackgroundTasks):
+        background_tasks.add_task(job, "x")
+        return {}
+
+    @app.post("/own-background")
+    def own_background(background_tasks: BackgroundTasks):
+        background_tasks.add_task(job, "dropped")
+        return JSONResponse({}, background=BackgroundTask(job, "carried"))
+
+    return app
+"""
+
+SESSION_TESTS = """
+import pytest
+from starlette.testclient import TestClient
+
+from starlette.background import BackgroundTask
+
+from conftest import done, job
+from pytest_bgtasks import BackgroundTaskCapture, _recorder
+
+
+@pytest.fixture(autouse=True)
+def _empty_done():
+    done.clear()
+
+
+def test_uses_the_plugin(bg_client, bgtasks):
+    bg_client.post("/work")
+    bgtasks.assert_task_ran(job, "x")
+
+
+def test_fails_inside_a_block(bg_client, bgtasks):
+    with bgtasks.capture():
+        bg_client.post("/work")
+        raise RuntimeError("a failing test")
+
+
+@pytest.fixture
+def broken_at_setup(bgtasks):
+    raise RuntimeError("a fixture that errors at setup")
+
+
+def test_fixture_errors_at_setup(broken_at_setup):
+    pass
+
+
+@pytest.fixture
+def broken_at_teardown(bgtasks):
+    yield
+    raise RuntimeError("a fixture that errors at teardown")
+
+
+def test_fixture_errors_at_teardown(bg_client, broken_at_teardown):
+    bg_client.post("/work")
+
+
+def test_the_plugin_complains_at_teardown(bg_client):
+    bg_client.post("/own-background")  # a dropped task
+
+
+def test_the_core_alone_then_inert_patches(app):
+    with BackgroundTaskCapture(mode="skip") as capture, TestClient(app) as client:
+        client.post("/work")
+    assert done == []
+    # Capture stopped: the patches stay for the session, and neither record nor change a thing.
+    assert hasattr(BackgroundTask.__dict__["__call__"], "__wrapped__")
+    with TestClient(app) as client:
+        client.post("/work")
+    assert done == ["x"]
+    assert len(capture.tasks) == 1
+    assert _recorder.recorder.logs == []
+
+
+def test_leaves_a_capture_running(app):
+    capture = BackgroundTaskCapture(mode="skip")
+    capture.start()
+    with TestClient(app) as client:
+        client.post("/work")
+    assert len(capture.tasks) == 1
+"""
+
+
+def session_reports(pytester: pytest.Pytester) -> dict[str, dict[str, list[str]]]:
+    return {
+        path.stem.removeprefix("session-"): json.loads(path.read_text())
+        for path in sorted(pytester.path.glob("session-*.json"))
+    }
+
+
+TARGETS = [
+    "BackgroundTask.__call__",
+    "BackgroundTask.__init__",
+    "BackgroundTasks.__init__",
+    "BackgroundTasks.add_task",
+    "Starlette.__call__",
+    "starlette._exception_handler._lookup_exception_handler",
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "outcomes"),
+    [
+        ([], {"passed": 5, "failed": 1, "errors": 3}),
+        (["-x"], {"passed": 1, "failed": 1}),
+        (["-p", "xdist", "-n", "2", "-k", "not leaves"], {"passed": 4, "failed": 1, "errors": 3}),
+        (["-k", "core_alone"], {"passed": 1, "deselected": 6}),
+    ],
+    ids=["failures-and-errors", "stopped-by-x", "xdist", "core-without-fixture"],
+)
+def test_starlette_is_as_it_was_after_a_session(
+    pytester: pytest.Pytester, args: list[str], outcomes: dict[str, int]
+) -> None:
+    """Whatever happened in the session (failing tests, erroring fixtures, teardown
+    complaints, a capture left running, a run stopped early, xdist workers), every attribute
+    the plugin patches is the original object again once it ends."""
+    pytester.makeconftest(SESSION_CHECK)
+    pytester.makepyfile(test_session=SESSION_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result.assert_outcomes(**outcomes)
+
+    reports = session_reports(pytester)
+    workers = {"gw0", "gw1"} if "xdist" in args else set()
+    assert set(reports) == {"main", *workers}
+    for name, report in reports.items():
+        assert report["targets"] == TARGETS
+        # The check can fail: the patches were in place while the tests ran...
+        if name in workers or not workers:
+            assert report["patched during the session"] == TARGETS, name
+        else:  # the xdist controller runs no test: it never patches
+            assert report["patched during the session"] == [], name
+        # ...and are gone at the end.
+        assert report["changed at the end"] == [], name
+
+
+def test_a_wrapper_left_on_top_of_the_plugin_is_left_as_it_is(pytester: pytest.Pytester) -> None:
+    """The session check sees what is not restored: an instrumentation wrapper installed over
+    the plugin's patch and never removed keeps the plugin's patch (inert) under it."""
+    pytester.makeconftest(SESSION_CHECK)
+    pytester.makepyfile(
+        """
+        import functools
+        from starlette.background import BackgroundTask
+
+        def test_wraps_over_the_plugin(bg_client):
+            wrapped = BackgroundTask.__dict__["__call__"]
+
+            @functools.wraps(wrapped)
+            async def traced(self):
+                await wrapped(self)
+
+            BackgroundTask.__call__ = traced
+            bg_client.post("/work")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    (report,) = session_reports(pytester).values()
+    assert report["changed at the end"] == ["BackgroundTask.__call__"]

@@ -563,24 +563,6 @@ def test_a_session_that_never_uses_the_plugin_imports_and_patches_nothing(
     )
 
 
-def test_patches_are_removed_when_the_session_ends(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(UNTOUCHED)
-    pytester.makepyfile(
-        """
-        from starlette.background import BackgroundTask
-
-        def test_uses_the_plugin(bgtasks):
-            assert hasattr(BackgroundTask.__dict__["__call__"], "__wrapped__")
-
-        def test_fails(bgtasks):
-            raise RuntimeError("a failing test does not keep the patches")
-        """
-    )
-    result = pytester.runpytest_subprocess("-s", "-p", "no:pytester")
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*starlette imported: True", "patched at exit: none"])
-
-
 def test_the_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
