@@ -99,17 +99,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
     config.add_cleanup(functools.partial(_release_patches, _active_captures()))
-    mode = config.getoption("bgtasks_mode") or config.getini("bgtasks_mode")
-    source = "--bgtasks-mode" if config.getoption("bgtasks_mode") else "ini bgtasks_mode"
+    mode = config.getoption("bgtasks_mode")
+    source = "--bgtasks-mode"
+    if mode is None:
+        mode, source = config.getini("bgtasks_mode"), "ini bgtasks_mode"
     _check_choice(mode, MODES, source, pytest.UsageError)
     on_dropped = config.getini("bgtasks_on_dropped")
     _check_choice(on_dropped, ON_DROPPED, "ini bgtasks_on_dropped", pytest.UsageError)
     config.stash[_SETTINGS] = _Settings(
         mode=mode,
         on_dropped=on_dropped,
-        allow_failures=config.getini("bgtasks_allow_failures"),
-        assert_all_run=config.getini("bgtasks_assert_all_run"),
+        allow_failures=_ini_flag(config, "bgtasks_allow_failures"),
+        assert_all_run=_ini_flag(config, "bgtasks_assert_all_run"),
     )
+
+
+def _ini_flag(config: pytest.Config, name: str) -> bool:
+    try:
+        return bool(config.getini(name))
+    except (TypeError, ValueError, pytest.UsageError) as exc:  # pytest says what it got
+        raise pytest.UsageError(f"ini {name}: {exc}; expected one of: true, false.") from None
 
 
 def _check_choice(

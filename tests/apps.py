@@ -55,12 +55,13 @@ class Notifier:
         ran.append(("Notifier", to))
 
 
-def site(name: str) -> str:
-    """'tests/apps.py:LINE' of the line marked `# site:<name>`, as a record reports it."""
-    with open(__file__) as source:
+def site(name: str, path: str = __file__) -> str:
+    """'tests/apps.py:LINE' of the line marked `# site:<name>` (in `path`, this file by default),
+    as a record reports it."""
+    with open(path) as source:
         for number, line in enumerate(source, start=1):
             if line.rstrip().endswith(f"# site:{name}"):
-                return f"{os.path.relpath(__file__)}:{number}"
+                return f"{os.path.relpath(path)}:{number}"
     raise LookupError(name)
 
 

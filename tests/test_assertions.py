@@ -12,6 +12,7 @@ from starlette.background import BackgroundTask
 from starlette.testclient import TestClient
 
 import apps
+import manual
 import pytest_bgtasks
 from apps import async_job, boom, sync_job
 from pytest_bgtasks import BackgroundTaskCapture, TaskStatus, task
@@ -123,23 +124,64 @@ def test_task_reprs_and_equality() -> None:
         task("x")  # type: ignore[arg-type]
 
 
-def test_helpers_reject_what_is_not_a_task(bgtasks: BackgroundTaskCapture) -> None:
-    with pytest.raises(
-        TypeError,
-        match=r"assert_task_added\(\) expects a task function or task\(func, \*args, \*\*kwargs\), got 42 \(int\)\.",
-    ):
-        bgtasks.assert_task_added(42)  # type: ignore[arg-type]
-    with pytest.raises(
-        TypeError,
-        match=r"assert_task_ran\(\) takes either task\(...\) or a function and its arguments\.",
-    ):
-        bgtasks.assert_task_ran(task(audit), "x")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"assert_task_count\(\) expects a count >= 0, got -1\."):
-        bgtasks.assert_task_count(-1)
-    with pytest.raises(TypeError, match=r"assert_tasks_in_order\(\) expects at least one task\."):
-        bgtasks.assert_tasks_in_order()
-    with pytest.raises(TypeError, match=r"assert_tasks_in_order\(\) expects a task function"):
-        bgtasks.assert_tasks_in_order(audit, "send_welcome_email")
+NOT_A_TASK = (
+    "expects a task function or task(func, *args, **kwargs), got 'send_welcome_email' (str)."
+)
+
+
+@pytest.mark.parametrize("on", ["capture", "module"], ids=["method", "free-function"])
+@pytest.mark.parametrize(
+    ("helper", "arguments", "message"),
+    [
+        ("assert_task_added", ("send_welcome_email",), f"assert_task_added() {NOT_A_TASK}"),
+        ("assert_task_not_added", ("send_welcome_email",), f"assert_task_not_added() {NOT_A_TASK}"),
+        ("assert_task_ran", ("send_welcome_email",), f"assert_task_ran() {NOT_A_TASK}"),
+        ("assert_task_failed", ("send_welcome_email",), f"assert_task_failed() {NOT_A_TASK}"),
+        ("assert_task_count", (1, "send_welcome_email"), f"assert_task_count() {NOT_A_TASK}"),
+        (
+            "assert_tasks_in_order",
+            (audit, "send_welcome_email"),
+            f"assert_tasks_in_order() {NOT_A_TASK}",
+        ),
+        (
+            "assert_task_added",
+            (send_welcome_email("a@b.com"),),  # the call's result, not the function
+            "assert_task_added() expects a task function or task(func, *args, **kwargs), got None (NoneType).",
+        ),
+        (
+            "assert_task_ran",
+            (task(audit), "x"),
+            "assert_task_ran() takes either task(...) or a function and its arguments.",
+        ),
+        ("assert_task_count", (-1,), "assert_task_count() expects a count >= 0, got -1."),
+        ("assert_task_count", ("1",), "assert_task_count() expects a count >= 0, got '1'."),
+        ("assert_tasks_in_order", (), "assert_tasks_in_order() expects at least one task."),
+    ],
+    ids=[
+        "added",
+        "not-added",
+        "ran",
+        "failed",
+        "count",
+        "in-order",
+        "a-call-result",
+        "task-and-arguments",
+        "negative-count",
+        "count-as-text",
+        "in-order-empty",
+    ],
+)
+def test_helpers_reject_what_is_not_a_task(
+    bgtasks: BackgroundTaskCapture,
+    on: str,
+    helper: str,
+    arguments: tuple[Any, ...],
+    message: str,
+) -> None:
+    with pytest.raises(TypeError) as error:
+        getattr(bgtasks if on == "capture" else pytest_bgtasks, helper)(*arguments)
+    assert str(error.value) == message
+    manual.assert_listed(message)
 
 
 # -- messages --------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from starlette.background import BackgroundTasks as StarletteBackgroundTasks
 from starlette.testclient import TestClient
 
 import apps
+import manual
+import pytest_bgtasks
 from apps import Mailer, Notifier, async_job, boom, sync_job
 from pytest_bgtasks import (
     BackgroundTaskCapture,
@@ -338,36 +340,50 @@ def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) 
     [
         (
             lambda c: c.fail(sync_job, "down"),
-            r"bgtasks.fail\(\) expects an exception instance or class, got 'down' \(str\)\.",
+            "bgtasks.fail() expects an exception instance or class, got 'down' (str).",
         ),
         (
-            lambda c: c.fail(sync_job, times=0),
-            r"bgtasks.fail\(\) expects times= to be a positive int, got 0\.",
+            lambda c: c.fail(sync_job, ZeroDivisionError("x"), times=0),
+            "bgtasks.fail() expects times= to be a positive int, got 0.",
         ),
         (
             lambda c: c.replace(sync_job, "fake"),
-            r"bgtasks.replace\(\) expects a callable to run instead of sync_job, got 'fake' \(str\)\.",
+            "bgtasks.replace() expects a callable to run instead of sync_job, got 'fake' (str).",
+        ),
+        (
+            lambda c: c.replace(task(async_job, "a"), None),
+            "bgtasks.replace() expects a callable to run instead of async_job, got None (NoneType).",
         ),
         (
             lambda c: c.skip("sync_job"),
-            r"bgtasks.skip\(\) expects a task function or task\(func, \*args, \*\*kwargs\), got 'sync_job' \(str\)\.",
+            "bgtasks.skip() expects a task function or task(func, *args, **kwargs), got 'sync_job' (str).",
         ),
         (
             lambda c: c.defer(42),
-            r"bgtasks.defer\(\) expects a task function or task\(func, \*args, \*\*kwargs\), got 42 \(int\)\.",
+            "bgtasks.defer() expects a task function or task(func, *args, **kwargs), got 42 (int).",
+        ),
+        (
+            lambda c: c.fail(None),
+            "bgtasks.fail() expects a task function or task(func, *args, **kwargs), got None (NoneType).",
         ),
     ],
     ids=[
         "fail-not-exception",
         "fail-times",
         "replace-not-callable",
+        "replace-with-none",
         "skip-not-callable",
         "defer-not-callable",
+        "fail-no-target",
     ],
 )
 def test_rules_reject_bad_input(bgtasks: BackgroundTaskCapture, call: object, message: str) -> None:
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(TypeError) as error:
         call(bgtasks)  # type: ignore[operator]
+    assert str(error.value) == message
+    assert bgtasks._rules == []  # nothing half-added
+    if "times=" not in message:
+        manual.assert_listed(message)
 
 
 # -- blocks ----------------------------------------------------------------------------------
@@ -409,13 +425,27 @@ def test_the_core_works_as_a_plain_context_manager() -> None:
         pass
 
 
-def test_free_assertions_need_an_active_capture() -> None:
-    with pytest.raises(
-        RuntimeError,
-        match=r"assert_task_added\(\) needs an active background task capture: request the "
-        r"`bgtasks` or `bg_client` fixture \(or mark the test with @pytest.mark.bgtasks\)\.",
-    ):
-        assert_task_added(sync_job)
+@pytest.mark.parametrize(
+    ("helper", "arguments"),
+    [
+        ("assert_task_added", (sync_job,)),
+        ("assert_task_not_added", (sync_job,)),
+        ("assert_task_ran", (sync_job,)),
+        ("assert_task_failed", (sync_job,)),
+        ("assert_task_count", (0,)),
+        ("assert_no_tasks", ()),
+        ("assert_tasks_in_order", (sync_job,)),
+    ],
+)
+def test_free_assertions_need_an_active_capture(helper: str, arguments: tuple[object, ...]) -> None:
+    with pytest.raises(RuntimeError) as error:
+        getattr(pytest_bgtasks, helper)(*arguments)
+    message = (
+        f"{helper}() needs an active background task capture: request the `bgtasks` or "
+        "`bg_client` fixture (or mark the test with @pytest.mark.bgtasks)."
+    )
+    assert str(error.value) == message
+    manual.assert_listed(message)
 
 
 # -- deferred tasks --------------------------------------------------------------------------
@@ -469,18 +499,29 @@ def test_run_deferred_stops_a_task_that_schedules_itself_forever(
     @app.post("/work")
     def work(background_tasks: BackgroundTasks) -> dict[str, str]:
         def again() -> None:
-            background_tasks.add_task(again)
+            background_tasks.add_task(again)  # site:again
 
         background_tasks.add_task(again)
         return {}
 
     post(app)
-    with pytest.raises(
-        RuntimeError, match=r"tasks kept scheduling tasks, 101 generations deep"
-    ) as error:
+    with pytest.raises(RuntimeError) as error:
         bgtasks.run_deferred()
-    assert "pass limit= to run a bounded number" in str(error.value)
+    message = (
+        "bgtasks.run_deferred() stopped: tasks kept scheduling tasks, 101 generations deep. "
+        "Next would be:\n"
+        f"- again() [deferred]  ({apps.site('again', __file__)})\n"
+        "A task that schedules itself needs a condition that ends it; pass limit= to run a "
+        "bounded number."
+    )
+    assert str(error.value) == message
+    manual.assert_listed(message)
+    assert len(bgtasks.tasks) == 102  # the first, then 101 generations
     assert len(bgtasks.deferred) == 1
+    # The guard holds: running again stops at once, before running anything.
+    with pytest.raises(RuntimeError, match="101 generations deep"):
+        bgtasks.run_deferred(limit=3)
+    assert len(bgtasks.tasks) == 102
 
 
 @pytest.mark.bgtasks(mode="defer")
@@ -490,13 +531,25 @@ def test_run_deferred_timeout_names_the_task(bgtasks: BackgroundTaskCapture) -> 
     async def never_finishes() -> None:
         await anyio.sleep_forever()
 
-    post(apps.fastapi_app((never_finishes, ())))
-    with pytest.raises(
-        TimeoutError,
-        match=r"Deferred task never_finishes\(\) \(.*\) did not finish within 0.1 seconds\.",
-    ):
+    post(apps.fastapi_app((never_finishes, ()), (sync_job, ("same response",))))
+    post(apps.fastapi_app((sync_job, ("other response",))))
+    with pytest.raises(TimeoutError) as error:
         bgtasks.run_deferred(timeout=0.1)
-    assert bgtasks.tasks[0].status is TaskStatus.CANCELLED
+    message = (
+        f"Deferred task never_finishes() ({apps.site('fastapi')}) did not finish within "
+        "0.1 seconds."
+    )
+    assert str(error.value) == message
+    manual.assert_listed(message)
+    stuck, same, other = bgtasks.tasks
+    assert stuck.status is TaskStatus.CANCELLED
+    assert stuck.reason == "cancelled: did not finish within timeout=0.1s"
+    # As when Starlette's run of a response is cancelled: the rest of it never starts.
+    assert same.status is TaskStatus.CANCELLED
+    assert same.reason == "never started: an earlier task was cancelled"
+    assert bgtasks.deferred == [other]  # held still; run_deferred() can go on
+    assert bgtasks.run_deferred() == [other]
+    assert apps.ran == [("sync_job", "other response")]
 
 
 @pytest.mark.bgtasks(mode="defer")
@@ -593,8 +646,15 @@ async def test_arun_deferred_in_an_async_test(bgtasks: BackgroundTaskCapture) ->
         assert (await client.post("/work")).status_code == 200
     assert apps.ran == []
 
-    with pytest.raises(RuntimeError, match=r"use `await bgtasks.arun_deferred\(\)`"):
+    with pytest.raises(RuntimeError) as error:
         bgtasks.run_deferred()
+    message = (
+        "bgtasks.run_deferred() was called from a running event loop; in async tests use "
+        "`await bgtasks.arun_deferred()`."
+    )
+    assert str(error.value) == message
+    manual.assert_listed(message)
+    assert apps.ran == []  # nothing ran
 
     ran = await bgtasks.arun_deferred()
     assert [record.status for record in ran] == [TaskStatus.RAN, TaskStatus.RAN]
