@@ -430,3 +430,26 @@ def test_a_wrapper_left_on_top_of_the_plugin_is_left_as_it_is(pytester: pytest.P
     result.assert_outcomes(passed=1)
     (report,) = session_reports(pytester).values()
     assert report["changed at the end"] == ["BackgroundTask.__call__"]
+
+
+def test_a_session_inside_a_test_leaves_the_outer_capture_running(
+    pytester: pytest.Pytester, bgtasks: BackgroundTaskCapture
+) -> None:
+    """An in-process pytester session, inside a test that captures: at its end it stops the
+    capture it left running, and leaves the outer test's capture (and the patches) alone."""
+    pytester.makepyfile(
+        """
+        from pytest_bgtasks import BackgroundTaskCapture
+
+        def test_uses_the_plugin(bgtasks):
+            pass
+
+        def test_leaves_a_capture_running():
+            BackgroundTaskCapture().start()
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert _recorder.recorder.logs == [bgtasks]
+    run_one_request()
+    (record,) = bgtasks.tasks
+    assert record.status is TaskStatus.RAN
