@@ -111,10 +111,21 @@ def test_a_stale_copy_of_the_patches_is_replaced_not_stacked(pristine: Any) -> N
 
 
 def test_the_patches_are_inert_without_a_capture(pristine: Any) -> None:
-    _starlette.install()
+    with BackgroundTaskCapture(mode="skip") as earlier:
+        run_one_request()
+    assert apps.ran == []
+    assert getattr(current_call(), "__pytest_bgtasks_patch__", False)  # still installed
+
     run_one_request()
-    assert apps.ran == [("sync_job", "a")]
+    assert apps.ran == [("sync_job", "a")]  # the earlier capture's mode is gone with it
+    with (
+        pytest.raises(ZeroDivisionError, match=r"^boom now$"),
+        TestClient(apps.fastapi_app((apps.boom, ("now",)))) as client,
+    ):
+        client.post("/work")  # a task's exception reaches the client as without the plugin
+    assert len(earlier.tasks) == 1
     assert _recorder.recorder.logs == []
+    assert _recorder.recorder.by_task == {}
 
 
 def test_the_recorder_ignores_what_arrives_after_the_last_capture_stopped() -> None:
