@@ -26,8 +26,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester, whose child sessions run without hypothesis' pytest plugin: it imports all of
-    hypothesis at the end of every session (about a second in each subprocess run), and no
-    child session here uses it."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
+    """pytester, whose child sessions run without two plugins of the test extra that none of
+    them uses (a test that does asks for it): hypothesis' imports all of hypothesis at the end
+    of every session, xdist's costs half a second more in each subprocess run."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:xdist")
     return pytester

@@ -393,13 +393,17 @@ TARGETS = [
     ids=["failures-and-errors", "stopped-by-x", "xdist", "core-without-fixture"],
 )
 def test_starlette_is_as_it_was_after_a_session(
-    pytester: pytest.Pytester, args: list[str], outcomes: dict[str, int]
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    outcomes: dict[str, int],
 ) -> None:
     """Whatever happened in the session (failing tests, erroring fixtures, teardown
     complaints, a capture left running, a run stopped early, xdist workers), every attribute
     the plugin patches is the original object again once it ends."""
     pytester.makeconftest(SESSION_CHECK)
     pytester.makepyfile(test_session=SESSION_TESTS)
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")  # xdist allowed here
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
     result.assert_outcomes(**outcomes)
 
