@@ -146,16 +146,14 @@ def did_nothing(records: Sequence[TaskRecord]) -> str:
 
 def _traceback(exc: BaseException | None, frames: traceback.StackSummary) -> str:
     """Python's own traceback format, with paths relative to the working directory."""
-    lines = traceback.format_exception_only(type(exc), exc)
-    if frames:
-        shown = [
-            "".join(traceback.StackSummary.from_list([frame]).format()).replace(
-                f'File "{frame.filename}"', f'File "{display_path(frame.filename)}"', 1
-            )
-            for frame in frames
-        ]
-        lines = ["Traceback (most recent call last):\n", *shown, *lines]
-    return "".join(lines).rstrip()
+    shown = [
+        "".join(traceback.StackSummary.from_list([frame]).format()).replace(
+            f'File "{frame.filename}"', f'File "{display_path(frame.filename)}"', 1
+        )
+        for frame in frames
+    ]
+    lines = ["Traceback (most recent call last):\n", *shown]
+    return "".join(lines + traceback.format_exception_only(type(exc), exc)).rstrip()
 
 
 def unrun_deferred(records: Sequence[TaskRecord]) -> str:

@@ -8,7 +8,9 @@ import os
 
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI
+from starlette.background import BackgroundTask
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
+from starlette.responses import Response
 from starlette.testclient import TestClient
 
 import apps
@@ -145,6 +147,31 @@ def test_bound_methods_match_with_equality(bgtasks: BackgroundTaskCapture) -> No
     bgtasks.assert_task_added(mailer.send, "a")  # a new bound method object, equal to it
     # Bound methods are equal when bound to the same object, even if another one is equal.
     bgtasks.assert_task_not_added(Mailer("m").send)
+
+
+class StrictTask(BackgroundTask):
+    """A task class that refuses attributes it does not know, as some apps guard theirs."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name not in ("func", "args", "kwargs", "is_async"):
+            raise AttributeError(f"StrictTask has no attribute {name!r}")
+        super().__setattr__(name, value)
+
+
+def test_a_task_class_that_refuses_new_attributes_is_recorded_all_the_same(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = FastAPI()
+
+    @app.post("/work")
+    def work() -> Response:
+        return Response(background=StrictTask(sync_job, "strict"))
+
+    assert post(app) == 200
+    (record,) = bgtasks.tasks
+    assert record.status is TaskStatus.RAN
+    assert apps.ran == [("sync_job", "strict")]
+    bgtasks.assert_task_ran(sync_job, "strict")
 
 
 def test_a_task_outside_any_request_has_no_request(bgtasks: BackgroundTaskCapture) -> None:

@@ -386,6 +386,53 @@ def test_a_task_exception_the_client_hid_fails_the_test(pytester: pytest.Pyteste
     pytester.runpytest().assert_outcomes(passed=3)
 
 
+def test_a_task_that_returned_a_coroutine_fails_the_test(pytester: pytest.Pytester) -> None:
+    make_tests(
+        pytester,
+        """
+        import pytest
+        from fastapi import BackgroundTasks
+
+        async def notify(channel):
+            pass
+
+        def add_route(app):
+            @app.post("/notify")
+            def post_notify(background_tasks: BackgroundTasks):
+                background_tasks.add_task(lambda: notify("ops"))  # lambda
+                return {}
+
+        @pytest.mark.filterwarnings("ignore:coroutine 'notify' was never awaited")
+        def test_notify(app, bg_client):
+            add_route(app)
+            assert bg_client.post("/notify").status_code == 200
+
+        @pytest.mark.filterwarnings("ignore:coroutine 'notify' was never awaited")
+        @pytest.mark.bgtasks(allow_failures=True)
+        def test_allowed(app, bg_client, bgtasks):
+            add_route(app)
+            bg_client.post("/notify")
+            assert bgtasks.failed[0].problem.startswith("<lambda> is a sync callable")
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, errors=1)
+    lines = (pytester.path / "test_it.py").read_text().splitlines()
+    (line,) = [n for n, text in enumerate(lines, start=1) if "# lambda" in text]
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_notify _*",
+            "1 background task never did its work: a sync function returned a coroutine, which "
+            "nobody awaits.",
+            f"- <lambda>() [failed] POST /notify  (test_it.py:{line})",
+            "    <lambda> is a sync callable that returned <coroutine object notify>, which nobody "
+            "awaits: Starlette runs sync tasks in a thread and drops what they return; give "
+            "add_task the async function",
+            "If the test expects this, use @pytest.mark.bgtasks(allow_failures=True).",
+        ]
+    )
+
+
 def test_assert_all_run_fails_on_deferred_tasks_left_unrun(pytester: pytest.Pytester) -> None:
     make_tests(
         pytester,
