@@ -6,19 +6,21 @@ call site a record reports.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import BackgroundTasks, Depends, FastAPI
-from fastapi.responses import JSONResponse
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+with contextlib.suppress(ImportError):  # no FastAPI: starlette_app() and the tasks still work
+    from fastapi import BackgroundTasks, Depends, FastAPI
 
 ran: list[tuple[str, Any]] = []
 """What the tasks below did, in order; emptied before each test."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +11,33 @@ import apps
 # they import) share it with the rest of the session.
 import pytest_bgtasks._capture
 import pytest_bgtasks._starlette  # noqa: F401
+
+if importlib.util.find_spec("fastapi") is None:
+    # FastAPI is optional, and the matrix's starlette-only environment proves it: there, the
+    # modules built on FastAPI apps are left out, and the rest (the plain-Starlette tests, the
+    # assertions, properties, async and xdist suites) run.
+    collect_ignore = [
+        "test_benchmarks.py",
+        "test_capture.py",
+        "test_clients.py",
+        "test_fidelity.py",
+        "test_hygiene.py",
+        "test_load.py",
+        "test_plugin.py",
+        "test_readme.py",
+    ]
+
+CHILD_SESSION_PLUGINS_OFF = "-p no:hypothesispytest -p no:xdist -p no:randomly -p no:asyncio"
+"""Plugins of the test extra that pytester's child sessions run without (a test about one of
+them sets PYTEST_ADDOPTS itself): hypothesis' imports all of hypothesis at the end of every
+session, xdist's costs half a second more in each subprocess run, pytest-randomly would shuffle
+output that the tests read line by line, and pytest-asyncio, unconfigured, warns at start-up."""
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("PYTEST_ADDOPTS", CHILD_SESSION_PLUGINS_OFF)
+    return pytester
 
 
 @pytest.fixture(autouse=True)
@@ -22,12 +50,3 @@ def _empty_ran() -> Iterator[None]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester, whose child sessions run without two plugins of the test extra that none of
-    them uses (a test that does asks for it): hypothesis' imports all of hypothesis at the end
-    of every session, xdist's costs half a second more in each subprocess run."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:xdist")
-    return pytester

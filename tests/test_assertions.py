@@ -17,7 +17,7 @@ import pytest_bgtasks
 from apps import async_job, boom, sync_job
 from pytest_bgtasks import BackgroundTaskCapture, TaskStatus, task
 
-SIGNUP_SITE = apps.site("fastapi")
+SIGNUP_SITE = apps.site("starlette")
 
 
 def send_welcome_email(email: str, subject: str = "Welcome") -> None:
@@ -35,8 +35,8 @@ def schedule(*calls: tuple[Any, ...]) -> None:
 
 
 def signup(*calls: tuple[Any, ...]) -> None:
-    """`POST /work` on a FastAPI app that adds `calls` and runs them."""
-    app = apps.fastapi_app(*((func, tuple(args)) for func, *args in calls))
+    """`POST /work` on an app that adds `calls` and runs them."""
+    app = apps.starlette_app(*((func, tuple(args)) for func, *args in calls))
     with TestClient(app) as client:
         client.post("/work")
 
