@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 import inspect
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -289,7 +289,7 @@ class BackgroundTaskCapture(TaskLog):
         self.stop()
 
     @contextlib.contextmanager
-    def capture(self) -> Iterator[TaskLog]:
+    def capture(self) -> Generator[TaskLog, None, None]:
         """Record only what is scheduled inside the block:
         `with bgtasks.capture() as block: ...; block.assert_task_added(f)`."""
         if self not in recorder.logs:
@@ -552,7 +552,9 @@ class BackgroundTaskCapture(TaskLog):
                 ) from None
             except BaseException as exc:
                 error = _single(exc)
-                if record.status is not TaskStatus.FAILED or error is not record.exception:
+                # The status is the one the task left, not the PENDING set above.
+                failed = record.status is TaskStatus.FAILED  # pyright: ignore[reportUnnecessaryComparison]
+                if not failed or error is not record.exception:
                     raise
                 first_error = first_error or error
             ran.append(record)
@@ -664,8 +666,10 @@ def _contains(outer: BaseException, inner: BaseException) -> bool:
 
 def _single(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups."""
-    while len(getattr(exc, "exceptions", ())) == 1:
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    inner: tuple[BaseException, ...] = tuple(getattr(exc, "exceptions", ()))
+    while len(inner) == 1:
+        exc = inner[0]
+        inner = tuple(getattr(exc, "exceptions", ()))
     return exc
 
 

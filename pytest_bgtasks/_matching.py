@@ -143,7 +143,7 @@ def mismatches(expected: ExpectedTask, args: tuple[Any, ...], kwargs: dict[str, 
 def _raw_mismatches(
     expected: ExpectedTask, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> list[str]:
-    found = []
+    found: list[str] = []
     if len(expected.args) != len(args):
         found.append(f"positional args expected {_arg_repr(expected.args)}, got {_arg_repr(args)}")
     else:

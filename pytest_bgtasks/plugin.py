@@ -195,7 +195,7 @@ def _marker_settings(item: pytest.Item) -> dict[str, Any]:
 
 
 def _test_failed(item: pytest.Item) -> bool:
-    reports = item.stash.get(_REPORTS, {})
+    reports = item.stash.get(_REPORTS, None) or {}
     return any(report.failed or hasattr(report, "wasxfail") for report in reports.values())
 
 
