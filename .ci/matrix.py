@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import tomllib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +48,8 @@ class Env:
     constraints: tuple[str, ...] = ()
     """Limits on packages the project does not depend on directly."""
     lowest: bool = False
-    """Resolve every direct requirement to the lowest version its declared range allows."""
+    """Resolve every direct requirement to the lowest version its declared range allows, and
+    install the wheel that the oldest allowed build backend built."""
     pytest_args: tuple[str, ...] = ()
     dist: str | None = None
     """"wheel" or "sdist": install the project from that artifact with its test extra, check
@@ -57,6 +57,19 @@ class Env:
     the whole suite."""
     alone: bool = False
     """Runs with nothing beside it: it starts test processes of its own (pytest-xdist)."""
+
+    def describe(self) -> str:
+        """One line: name, Python, and how it differs from the latest of everything."""
+        notes = [*self.pins, *(f"no {name}" for name in self.without)]
+        if self.pytest_args:
+            notes.append(f"pytest {' '.join(self.pytest_args)}")
+        if self.lowest:
+            notes.insert(0, "lowest-direct resolution")
+        if self.dist:
+            notes.insert(0, f"from the {self.dist}, the example suite under -n 4")
+        if self.constraints:
+            notes.append(f"(with {', '.join(self.constraints)})")
+        return f"{self.name:<18} python {self.python}  {' '.join(notes) or 'latest'}"
 
 
 ERA_OF_THE_LOWEST = ("pydantic<2.4", "trio<0.22")
@@ -84,8 +97,8 @@ ENVS = (
         "starlette-0.37",
         "3.12",
         ("starlette~=0.37.0", "fastapi~=0.110.0", "pytest<9"),
-        # anyio 4.4 and newer warn (ResourceWarning) about memory streams that Starlette
-        # before 0.38 leaves unclosed.
+        # anyio 4.4 and newer warn (ResourceWarning) about memory streams that Starlette 0.37
+        # leaves unclosed.
         constraints=("anyio<4.4",),
     ),
     Env("starlette-0.46", "3.12", ("starlette~=0.46.0", "fastapi~=0.115.0", "pytest<9")),
@@ -137,6 +150,8 @@ class Failure(Exception):
 
 
 def requirements(env: Env) -> list[str]:
+    import tomllib  # Python 3.11 and newer; `--list` runs on any
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
     left_out = {_name(name) for name in env.without}
@@ -188,7 +203,8 @@ class Runner:
                 "install requirements",
                 [*install, *resolution, "--constraint", constraints, *requirements(env)],
             )
-            step("install wheel", [*install, "--no-deps", self.artifacts["wheel"]])
+            wheel = self.artifacts["wheel-oldest-backend" if env.lowest else "wheel"]
+            step("install wheel", [*install, "--no-deps", wheel])
         listed = step("list", [self.uv, "pip", "list", "--python", python, "--format", "json"])
         result.versions = {item["name"].lower(): item["version"] for item in json.loads(listed)}
         result.python = step(
@@ -285,14 +301,27 @@ def junit_counts(junit: Path) -> tuple[int, int, int]:
 
 
 def build(uv: str, out: Path) -> dict[str, Path]:
-    """The sdist, and the wheel built from it."""
+    """The sdist and the wheel built from it; and a wheel built by the oldest build backend
+    that `build-system.requires` allows, for the lowest-direct environment."""
+    import tomllib
+
     shutil.rmtree(out, ignore_errors=True)
-    subprocess.run(
-        [uv, "build", "-q", "--out-dir", str(out), str(ROOT)], check=True, env=clean_environment()
-    )
+    command = [uv, "build", "-q", str(ROOT), "--out-dir"]
+    subprocess.run([*command, out], check=True, env=clean_environment())
     (wheel,) = out.glob("*.whl")
     (sdist,) = out.glob("*.tar.gz")
-    return {"wheel": wheel, "sdist": sdist}
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    oldest = out / "oldest-backend"
+    oldest.mkdir()
+    constraints = oldest / "constraints.txt"
+    constraints.write_text("".join(f"{req.replace('>=', '==')}\n" for req in requires))
+    subprocess.run(
+        [*command, oldest, "--wheel", "--build-constraint", constraints],
+        check=True,
+        env=clean_environment(),
+    )
+    (wheel_of_oldest,) = oldest.glob("*.whl")
+    return {"wheel": wheel, "sdist": sdist, "wheel-oldest-backend": wheel_of_oldest}
 
 
 def unpack_sdist(sdist: Path, into: Path) -> Path:
@@ -378,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [env.name for env in ENVS]
     if options.list:
         for env in ENVS:
-            print(f"{env.name:<18} python {env.python}  {' '.join(env.pins) or 'latest'}")
+            print(env.describe())
         return 0
     unknown = sorted(set(options.only or ()) - set(names))
     if unknown:

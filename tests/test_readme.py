@@ -5,7 +5,8 @@
 - ```text blocks follow `<!-- output of <file>.py::<test> -->`: running that test prints
   those lines, in that order.
 - ```toml blocks are a pyproject.toml that pytest accepts with --strict-config.
-- ```sh blocks are the install command and the two commands that `.ci/run` runs.
+- ```sh blocks are the install command, the two commands that `.ci/run` runs, and the command
+  that runs one environment of the version matrix.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def test_toml_blocks_are_accepted_by_pytest(pytester: pytest.Pytester) -> None:
 
 
 def test_the_install_command_names_this_distribution() -> None:
-    (install,) = [block.text.strip() for block in of("sh") if block.note != "commands"]
+    (install,) = [block.text.strip() for block in of("sh") if not block.note]
     name = re.search(r'^name = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
     assert name is not None
     assert install == f"pip install {name[1]}"
@@ -156,3 +157,25 @@ def test_the_example_command_passes() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\n=+ \d+ passed in ", result.stdout), result.stdout
+
+
+def matrix_environments() -> list[str]:
+    listed = subprocess.run(
+        [sys.executable, ".ci/matrix.py", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line.split()[0] for line in listed.splitlines()]
+
+
+def test_the_matrix_command_names_an_environment_and_the_table_lists_them_all() -> None:
+    (block,) = [block for block in of("sh") if block.note == "matrix"]
+    command, name = block.text.strip().split(" --only ")
+    assert command == "python3 .ci/matrix.py"
+    environments = matrix_environments()
+    assert name in environments
+    section = README.read_text().split("## Supported versions\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([\w.-]+)` \|", section, re.M)
+    assert rows == environments
