@@ -105,13 +105,13 @@ ENVS = (
     # FastAPI 0.118 moved a yield dependency's exit code back after the response.
     Env("fastapi-0.117", "3.12", ("fastapi~=0.117.0",)),
     Env("fastapi-0.118", "3.12", ("fastapi~=0.118.0",)),
-    Env("latest-3.11", "3.11"),
+    # The whole suite under pytest-xdist too.
+    Env("latest-3.11", "3.11", pytest_args=("-n", "2"), alone=True),
     Env("latest-3.13", "3.13"),
     Env("latest-3.13-httpx", "3.13", without=("httpx2",)),
     # No FastAPI: tests/conftest.py leaves out the modules built on FastAPI apps, and the
     # example (a FastAPI service) is not collected.
     Env("starlette-only", "3.13", without=("fastapi",), pytest_args=("tests",)),
-    Env("xdist", "3.12", pytest_args=("-n", "2"), alone=True),
     Env("wheel", "3.11", dist="wheel", alone=True),
     Env("sdist", "3.13", dist="sdist", alone=True),
 )

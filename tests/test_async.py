@@ -128,8 +128,8 @@ def test_async_tests_under(
         conftest += f"\n\n@pytest.fixture\ndef anyio_backend():\n    return {backend!r}\n"
     pytester.makeconftest(conftest)
     pytester.makepyfile(test_async_app=TESTS.replace("{marks}", marks))
-    # Only the options below: pytest-asyncio is on unless they turn it off.
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+    # pytest-asyncio is on unless the options above turn it off.
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:xdist -p no:randomly")
 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *options)
 

@@ -406,7 +406,8 @@ def test_starlette_is_as_it_was_after_a_session(
     the plugin patches is the original object again once it ends."""
     pytester.makeconftest(SESSION_CHECK)
     pytester.makepyfile(test_session=SESSION_TESTS)
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")  # xdist allowed here
+    # xdist allowed here; pytest-randomly would reorder what -x stops after.
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:randomly -p no:asyncio")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
     result.assert_outcomes(**outcomes)
 

@@ -85,6 +85,8 @@ def test_fails_on_a_worker(bg_client):
 """
 
 PASSING = 12 + 6 + 6 + 6
+PLUGINS_OFF = "-p no:hypothesispytest -p no:asyncio"
+"""The child sessions below run with the other plugins of the test extra, as installed."""
 
 
 def make_project(pytester: pytest.Pytester) -> int:
@@ -112,7 +114,7 @@ def test_under_xdist_in_random_order_with_a_timeout(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: str, seed: str
 ) -> None:
     site = make_project(pytester)
-    monkeypatch.delenv("PYTEST_ADDOPTS")  # pytest-randomly on, as installed
+    monkeypatch.setenv("PYTEST_ADDOPTS", PLUGINS_OFF)  # pytest-randomly and xdist on
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-n", workers, f"--randomly-seed={seed}", "--timeout=60"
     )
@@ -126,7 +128,7 @@ def test_in_random_order_in_one_process(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site = make_project(pytester)
-    monkeypatch.delenv("PYTEST_ADDOPTS")
+    monkeypatch.setenv("PYTEST_ADDOPTS", PLUGINS_OFF)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--randomly-seed=3")
     result.stdout.fnmatch_lines(["Using --randomly-seed=3"])
     expect_the_failure_report(result, site)
@@ -167,7 +169,7 @@ def test_a_test_that_times_out_keeps_its_records_and_the_next_starts_clean(
             assert record.status is TaskStatus.RAN
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
