@@ -408,6 +408,8 @@ def test_starlette_is_as_it_was_after_a_session(
     pytester.makepyfile(test_session=SESSION_TESTS)
     # xdist allowed here; pytest-randomly would reorder what -x stops after.
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:randomly -p no:asyncio")
+    # When this suite itself runs under xdist, its worker's name is not the child session's.
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
     result.assert_outcomes(**outcomes)
 

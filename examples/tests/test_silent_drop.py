@@ -83,7 +83,7 @@ def test_a_silently_dropped_email_fails_the_test_at_teardown(
             f"- send_welcome_email('a@b.com') [dropped] POST /welcome-back  ({email_site})",
             "*never run: the response carried audit('user.welcome_back') instead*",
             f"- audit('user.welcome_back') [ran] POST /welcome-back  ({audit_site})",
-            "*= 1 passed, 1 error in *",
+            "*= 1 passed, *1 error in *",  # older Starlettes add warnings of their own
         ]
     )
 
