@@ -105,20 +105,8 @@ def _task_init(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
     _originals[BackgroundTask, "__init__"](self, func, *args, **kwargs)
     receiver = _receiver
     if receiver is not None:
-        receiver.task_created(self, _call_site(), _current_scope.get(), _adding_to())
-
-
-def _adding_to() -> Any:
-    """The batch whose `add_task` is creating the task, if that is who creates it.
-
-    `BackgroundTasks.add_task` builds the task and appends it; the batch is the `self` of
-    that call, two frames up (FastAPI's subclass calls it through `super()`).
-    """
-    caller = sys._getframe(2)
-    code = caller.f_code
-    if code.co_name == "add_task" and caller.f_globals.get("__name__") == "starlette.background":
-        return caller.f_locals[code.co_varnames[0]]
-    return None
+        site, batch = _origin()
+        receiver.task_created(self, site, _current_scope.get(), batch)
 
 
 def _batch_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -310,9 +298,15 @@ _in_framework: dict[types.CodeType, bool] = {}
 """Whether a function's code belongs to Starlette, FastAPI or this plugin, by code object."""
 
 
-def _call_site() -> tuple[str, int] | None:
-    """File and line of the app code that created the task (outside Starlette and FastAPI)."""
-    frame = sys._getframe(2)
+def _origin() -> tuple[tuple[str, int] | None, Any]:
+    """Where the task being created comes from: the file and line of the app code that created
+    it (outside Starlette and FastAPI), and the batch whose `add_task` creates it, if that is
+    the creator (its `self`; FastAPI's subclass calls it through `super()`)."""
+    frame = sys._getframe(2)  # what called BackgroundTask(...)
+    code = frame.f_code
+    batch = None
+    if code.co_name == "add_task" and frame.f_globals.get("__name__") == "starlette.background":
+        batch = frame.f_locals[code.co_varnames[0]]
     while frame is not None:
         code = frame.f_code
         inside = _in_framework.get(code)
@@ -321,9 +315,9 @@ def _call_site() -> tuple[str, int] | None:
             inside = _in_framework[code] = module.startswith(_FRAMEWORK_MODULES)
         if not inside:
             site = (code.co_filename, frame.f_lineno)
-            return _sites.setdefault(site, site)
+            return _sites.setdefault(site, site), batch
         frame = frame.f_back  # type: ignore[assignment]
-    return None  # pragma: no cover - the test itself is always on the stack
+    return None, batch  # pragma: no cover - the test itself is always on the stack
 
 
 def reached_caller(exc: BaseException, *, raised_in_request: bool) -> bool:
