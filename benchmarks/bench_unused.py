@@ -1,10 +1,11 @@
 """Unused-plugin overhead: a generated suite of trivial tests that never use the plugin, run by
 pytest with the plugin installed vs `-p no:bgtasks`.
 
-Each run is a fresh `python -m pytest` subprocess, the two variants alternating. Clock: the CPU
-time of the subprocess (user and system, `resource.getrusage(RUSAGE_CHILDREN)`), what the plugin
-adds to the work of a run, undisturbed by other work on the machine; wall time, what a user waits
-for, is a secondary figure (it also counts the moments the run waits for a core).
+Each run is a fresh `python -m pytest` subprocess, the two variants alternating, both without the
+other installed pytest plugins. Clock: the CPU time of the subprocess (user and system,
+`resource.getrusage(RUSAGE_CHILDREN)`), what the plugin adds to the work of a run, undisturbed by
+other work on the machine; wall time, what a user waits for, is a secondary figure (it also
+counts the moments the run waits for a core).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from time import perf_counter_ns
 
@@ -36,6 +38,17 @@ def test_plugin_is_registered_as_expected_and_unused(request):
 """
 
 
+def other_plugins() -> list[str]:
+    """The names of the installed pytest plugins other than this one."""
+    found = metadata.entry_points(group="pytest11")
+    return sorted({entry.name for entry in found if entry.name != "bgtasks"})
+
+
+OTHERS_OFF = [option for name in other_plugins() for option in ("-p", f"no:{name}")]
+"""Both variants run without the other installed plugins (this project's test extra has several,
+some of which import a lot at start-up): only pytest and this plugin, or pytest alone."""
+
+
 def write_suite(directory: Path, tests: int) -> None:
     """`tests` trivial tests in files of TESTS_PER_FILE, the check being one of them."""
     (directory / "pytest.ini").write_text("[pytest]\n")  # stop the search for a config file
@@ -54,7 +67,7 @@ def run_suite(directory: Path, with_plugin: bool) -> tuple[int, float]:
     """(wall ns, children's CPU seconds) of one pytest run over the suite."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env["BENCH_EXPECT_PLUGIN"] = "1" if with_plugin else "0"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *OTHERS_OFF]
     if not with_plugin:
         command += ["-p", "no:bgtasks"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
