@@ -10,11 +10,12 @@ import contextvars
 import inspect
 import sys
 import threading
+import types
 from typing import Any, Protocol
 
 from . import _starlette
 from ._matching import callable_name
-from ._records import TaskRecord, TaskRequest, TaskStatus
+from ._records import Site, TaskRecord, TaskRequest, TaskStatus
 
 
 class Controller(Protocol):
@@ -104,19 +105,19 @@ class Recorder:
         return record if record is not None and record._task is task else None
 
     def _new_record(
-        self, task: Any, site: tuple[str, int] | None, scope: RequestScope | None
+        self, task: Any, site: Site | None, scope: RequestScope | None, batch: Any
     ) -> TaskRecord | None:
         # Called with the lock held, for every task: kept lean.
         logs = self.logs
         if not logs:
             return None
-        record = TaskRecord(task, len(logs[0]._records), site, scope)
+        record = TaskRecord(task, len(logs[0]._records), site, scope, batch)
         for log in logs:
             log._records.append(record)
         self.records.append(record)
         try:
             task._pytest_bgtasks_record = record  # cheaper to keep than a dict entry
-        except AttributeError:  # a subclass with __slots__
+        except AttributeError:  # a task class that refuses new attributes
             self.by_task[id(task)] = record
         if scope is not None:
             scope.records.append(record)
@@ -128,15 +129,14 @@ class Recorder:
 
     # -- what the patches report -----------------------------------------------------------
 
-    def task_created(self, task: Any, site: tuple[str, int] | None, scope: Any, batch: Any) -> None:
+    def task_created(self, task: Any, site: Site | None, scope: Any, batch: Any) -> None:
         with self.lock:
-            record = self._new_record(task, site, scope)
-        if record is None:
-            return
-        record._batch = batch
-        problem = misuse(task.func)
-        if problem is not None:
-            record._more().problem = problem
+            record = self._new_record(task, site, scope, batch)
+        func = task.func
+        if record is not None and not isinstance(func, types.FunctionType):
+            problem = misuse(func)
+            if problem is not None:
+                record._more().problem = problem
 
     def batch_created(self, batch: Any) -> None:
         for item in batch.tasks:
@@ -165,13 +165,12 @@ class Recorder:
         with self.lock:
             record = self.record(task)
             if record is None:
-                return self._new_record(task, None, scope)
+                return self._new_record(task, None, scope, None)
             if not record._started:
                 return record
             # The same BackgroundTask object runs again: a response reused across requests.
-            again = self._new_record(task, record._site, scope)
+            again = self._new_record(task, record._site, scope, record._batch)
         if again is not None:
-            again._batch = record._batch
             again._more().again_of = record
             again._more().problem = (
                 f"this BackgroundTask object already ran as #{record.index} ({record!r}): "

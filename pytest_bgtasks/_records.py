@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -13,6 +14,18 @@ if TYPE_CHECKING:
     import contextvars
 
     from ._recorder import RequestScope
+
+
+Site = tuple[types.CodeType, int]
+"""Where a task was created: the app's code object and the offset of the calling instruction."""
+
+
+def line_at(code: types.CodeType, offset: int) -> int:
+    """The source line of the instruction at `offset` in `code`, as a frame's `f_lineno` says."""
+    for start, end, line in code.co_lines():
+        if start <= offset < end and line is not None:
+            return line
+    return code.co_firstlineno
 
 
 def display_path(filename: str) -> str:
@@ -94,14 +107,19 @@ class TaskRecord:
     """Position in scheduling order, starting at 0."""
 
     def __init__(
-        self, task: Any, index: int, site: tuple[str, int] | None, scope: RequestScope | None
+        self,
+        task: Any,
+        index: int,
+        site: Site | None,
+        scope: RequestScope | None,
+        batch: Any,
     ) -> None:
         self._task = task
         self.index = index
         self.status = TaskStatus.PENDING
         self._site = site
         self._scope = scope
-        self._batch: Any = None
+        self._batch = batch
         """The `BackgroundTasks` it was added to, if any."""
         self._started = False
         """Whether a response (or `run_deferred()`) called it."""
@@ -166,8 +184,8 @@ class TaskRecord:
         """Where the app scheduled it, as "file.py:LINE" (relative to the working directory)."""
         if self._site is None:
             return None
-        filename, line = self._site
-        return f"{display_path(filename)}:{line}"
+        code, offset = self._site
+        return f"{display_path(code.co_filename)}:{line_at(code, offset)}"
 
     @property
     def call(self) -> str:

@@ -20,7 +20,7 @@ import sys
 import traceback
 import types
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette import background
 from starlette.applications import Starlette
@@ -30,6 +30,9 @@ try:  # Starlette >= 0.28
 except ImportError:  # pragma: no cover - Starlette 0.27
     _handler_module = None  # type: ignore[assignment]
 from starlette.middleware import exceptions as _exceptions_middleware
+
+if TYPE_CHECKING:
+    from ._records import Site
 
 BackgroundTask = background.BackgroundTask
 BackgroundTasks = background.BackgroundTasks
@@ -67,9 +70,7 @@ class Scope(Protocol):
 class Receiver(Protocol):
     """What the patches report to while a capture is active."""
 
-    def task_created(
-        self, task: Any, site: tuple[str, int] | None, scope: Any, batch: Any
-    ) -> None: ...
+    def task_created(self, task: Any, site: Site | None, scope: Any, batch: Any) -> None: ...
 
     def batch_created(self, batch: Any) -> None: ...
 
@@ -292,14 +293,15 @@ def is_async_callable(func: Any) -> bool:
 # -- where things happened -----------------------------------------------------------------------
 
 
-_sites: dict[tuple[str, int], tuple[str, int]] = {}
-"""One tuple per call site, shared by its records (a record keeps fewer objects alive)."""
+_sites: dict[tuple[int, int], Site] = {}
+"""One (code, instruction offset) tuple per call site, shared by its records: a record keeps
+one object fewer alive, and the line number is worked out only when a message shows it."""
 _in_framework: dict[types.CodeType, bool] = {}
 """Whether a function's code belongs to Starlette, FastAPI or this plugin, by code object."""
 
 
-def _origin() -> tuple[tuple[str, int] | None, Any]:
-    """Where the task being created comes from: the file and line of the app code that created
+def _origin() -> tuple[Site | None, Any]:
+    """Where the task being created comes from: the code and instruction of the app that created
     it (outside Starlette and FastAPI), and the batch whose `add_task` creates it, if that is
     the creator (its `self`; FastAPI's subclass calls it through `super()`)."""
     frame = sys._getframe(2)  # what called BackgroundTask(...)
@@ -314,8 +316,11 @@ def _origin() -> tuple[tuple[str, int] | None, Any]:
             module = frame.f_globals.get("__name__", "")
             inside = _in_framework[code] = module.startswith(_FRAMEWORK_MODULES)
         if not inside:
-            site = (code.co_filename, frame.f_lineno)
-            return _sites.setdefault(site, site), batch
+            offset = frame.f_lasti
+            site = _sites.get((id(code), offset))
+            if site is None:  # the first task from this line: the tuple keeps `code` alive
+                site = _sites[id(code), offset] = (code, offset)
+            return site, batch
         frame = frame.f_back  # type: ignore[assignment]
     return None, batch  # pragma: no cover - the test itself is always on the stack
 
