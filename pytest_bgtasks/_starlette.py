@@ -9,6 +9,9 @@ a response are seen where Starlette looks the handler up.
 
 The patches are installed by `install()` at the first capture of a session and removed by
 `uninstall()`; while no capture is active they only check one global and call the original.
+
+`# pragma: no mutate block` keeps mutmut's trampolines ("Mutation testing" in the README) off
+the functions that `install()` copies by their code and those that count frames from their own.
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ def current_scope() -> Any:
 # -- the patches ---------------------------------------------------------------------------------
 
 
-def _task_init(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+def _task_init(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:  # pragma: no mutate block
     _originals[BackgroundTask, "__init__"](self, func, *args, **kwargs)
     receiver = _receiver
     if receiver is not None:
@@ -110,14 +113,14 @@ def _task_init(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
         receiver.task_created(self, site, _current_scope.get(), batch)
 
 
-def _batch_init(self: Any, *args: Any, **kwargs: Any) -> None:
+def _batch_init(self: Any, *args: Any, **kwargs: Any) -> None:  # pragma: no mutate block
     _originals[BackgroundTasks, "__init__"](self, *args, **kwargs)
     receiver = _receiver
     if receiver is not None and self.tasks:
         receiver.batch_created(self)
 
 
-async def _task_call(self: Any) -> None:
+async def _task_call(self: Any) -> None:  # pragma: no mutate block
     receiver = _receiver
     if receiver is None:
         await _originals[BackgroundTask, "__call__"](self)
@@ -125,7 +128,9 @@ async def _task_call(self: Any) -> None:
         await receiver.task_called(self)
 
 
-async def _app_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+async def _app_call(
+    self: Any, scope: Any, receive: Any, send: Any
+) -> None:  # pragma: no mutate block
     original = _originals[Starlette, "__call__"]
     receiver = _receiver
     if (
@@ -155,7 +160,7 @@ async def _app_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
         receiver.request_finished(request)
 
 
-def _lookup_exception_handler(*args: Any) -> Any:
+def _lookup_exception_handler(*args: Any) -> Any:  # pragma: no mutate block
     # Starlette >= 0.28: `_lookup_exception_handler(handlers, exc)`;
     # 0.27: the method `ExceptionMiddleware._lookup_exception_handler(self, exc)`.
     key: tuple[object, str] = (_handler_module, "_lookup_exception_handler")
@@ -254,7 +259,7 @@ async def run_task(
     task: Any,
     func: Callable[..., Any] | None = None,
     on_return: Callable[[Any], None] | None = None,
-) -> None:
+) -> None:  # pragma: no mutate block
     """Run `task` through Starlette's own `BackgroundTask.__call__`.
 
     With `func`, that callable runs in the task's place with the task's arguments (sync in the
@@ -300,7 +305,7 @@ _in_framework: dict[types.CodeType, bool] = {}
 """Whether a function's code belongs to Starlette, FastAPI or this plugin, by code object."""
 
 
-def _origin() -> tuple[Site | None, Any]:
+def _origin() -> tuple[Site | None, Any]:  # pragma: no mutate block
     """Where the task being created comes from: the code and instruction of the app that created
     it (outside Starlette and FastAPI), and the batch whose `add_task` creates it, if that is
     the creator (its `self`; FastAPI's subclass calls it through `super()`)."""

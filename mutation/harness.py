@@ -1,0 +1,38 @@
+"""A pytest plugin for mutmut's runs only: `[tool.mutmut] pytest_add_cli_args` loads it.
+
+mutmut runs the tests in its `mutants/` copy of the project, with that copy first on `sys.path`,
+and sends each call of a mutated function through a trampoline that picks the original or the
+mutant named by `MUTANT_UNDER_TEST`. Two things keep the tests as they are without mutmut:
+
+- The trampoline's frames are hidden from pytest's tracebacks, like the plugin's own frames
+  (`__tracebackhide__`), so output the tests check stays the same.
+- A test that starts a fresh Python (pytester's `runpytest_subprocess`, `subprocess.run` of
+  `sys.executable`) would import the original `pytest_bgtasks` through the editable install.
+  It gets `PYTHONPATH` pointing at the copy, so it runs the same mutant (it inherits
+  `MUTANT_UNDER_TEST`), and `PYTEST_PLUGINS` naming this plugin, for the hidden frames.
+  Not while mutmut maps tests to functions (`MUTANT_UNDER_TEST=stats`): its bookkeeping does
+  not work outside `mutants/`, and a child process' calls would not be counted anyway.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mutmut.mutation.trampoline
+import pytest
+
+import pytest_bgtasks
+
+COPY = str(Path(pytest_bgtasks.__file__).resolve().parent.parent)
+"""The directory the mutated package is imported from: mutmut's `mutants/`."""
+
+mutmut.mutation.trampoline.__tracebackhide__ = True  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _subprocesses_run_the_mutant(monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.environ.get("MUTANT_UNDER_TEST", "stats") != "stats":
+        path = os.environ.get("PYTHONPATH")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([COPY, path] if path else [COPY]))
+        monkeypatch.setenv("PYTEST_PLUGINS", __name__)
