@@ -551,7 +551,7 @@ class BackgroundTaskCapture(TaskLog):
                     f"{timeout} seconds."
                 ) from None
             except BaseException as exc:
-                error = _single(exc)
+                error = _unwrapped(exc, record.exception)
                 # The status is the one the task left, not the PENDING set above.
                 failed = record.status is TaskStatus.FAILED  # pyright: ignore[reportUnnecessaryComparison]
                 if not failed or error is not record.exception:
@@ -664,10 +664,11 @@ def _contains(outer: BaseException, inner: BaseException) -> bool:
     return False
 
 
-def _single(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member exception groups."""
+def _unwrapped(exc: BaseException, own: BaseException | None) -> BaseException:
+    """The one exception inside the single-member exception groups a task group wrapped it in,
+    down to the task's `own` exception (which may be a group itself)."""
     inner: tuple[BaseException, ...] = tuple(getattr(exc, "exceptions", ()))
-    while len(inner) == 1:
+    while exc is not own and len(inner) == 1:
         exc = inner[0]
         inner = tuple(getattr(exc, "exceptions", ()))
     return exc

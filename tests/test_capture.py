@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import os
+import sys
 import threading
 
 import pytest
@@ -26,6 +27,9 @@ from pytest_bgtasks import (
     assert_task_added,
     task,
 )
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
 
 WORK = TaskRequest("POST", "/work")
 
@@ -595,6 +599,29 @@ def test_a_failing_deferred_task_stops_its_response_and_raises_after_the_others(
     statuses = [record.status for record in bgtasks.tasks]
     assert statuses == [TaskStatus.FAILED, TaskStatus.NOT_RUN, TaskStatus.RAN]
     assert apps.ran == [("async_job", "other response")]
+
+
+def group_boom() -> None:
+    raise ExceptionGroup("from the task", [ValueError("inner")])
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_a_deferred_task_that_raises_an_exception_group_fails_like_any_other(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    # A task group inside the task raises a group of one: it is the task's own exception, not
+    # the wrapping of run_deferred()'s own task group.
+    post(apps.fastapi_app((group_boom, ())))
+    post(apps.fastapi_app((sync_job, ("other response",))))
+
+    with pytest.raises(ExceptionGroup) as error:
+        bgtasks.run_deferred()
+
+    failed, other = bgtasks.tasks
+    assert error.value is failed.exception
+    assert repr(failed.exception) == "ExceptionGroup('from the task', [ValueError('inner')])"
+    assert other.status is TaskStatus.RAN
+    assert apps.ran == [("sync_job", "other response")]
 
 
 @pytest.mark.bgtasks(mode="defer")
