@@ -5,7 +5,8 @@ and sends each call of a mutated function through a trampoline that picks the or
 mutant named by `MUTANT_UNDER_TEST`. Two things keep the tests as they are without mutmut:
 
 - The trampoline's frames are hidden from pytest's tracebacks, like the plugin's own frames
-  (`__tracebackhide__`), so output the tests check stays the same.
+  (`__tracebackhide__`), so output the tests check stays the same. The plugin counts them as
+  library frames, like its own, when it tells whether a task's exception reached the test.
 - A test that starts a fresh Python (pytester's `runpytest_subprocess`, `subprocess.run` of
   `sys.executable`) would import the original `pytest_bgtasks` through the editable install.
   It gets `PYTHONPATH` pointing at the copy, so it runs the same mutant (it inherits
@@ -17,7 +18,9 @@ mutant named by `MUTANT_UNDER_TEST`. Two things keep the tests as they are witho
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import mutmut.mutation.trampoline
 import pytest
@@ -36,3 +39,21 @@ def _subprocesses_run_the_mutant(monkeypatch: pytest.MonkeyPatch) -> None:
         path = os.environ.get("PYTHONPATH")
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join([COPY, path] if path else [COPY]))
         monkeypatch.setenv("PYTEST_PLUGINS", __name__)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call() -> None:
+    _trampolines_are_library_frames()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown() -> None:
+    _trampolines_are_library_frames()
+
+
+def _trampolines_are_library_frames() -> None:
+    # Once the core is imported (not before: a session that never uses the plugin imports
+    # nothing of it, and a test checks that).
+    core: Any = sys.modules.get("pytest_bgtasks._starlette")
+    if core is not None and "mutmut." not in core._LIBRARY_MODULES:
+        core._LIBRARY_MODULES = (*core._LIBRARY_MODULES, "mutmut.")

@@ -3,11 +3,14 @@ teardown checks and the report section."""
 
 from __future__ import annotations
 
+import re
+import sys
 import textwrap
 
 import pytest
 
 import manual
+from pytest_bgtasks import BackgroundTaskCapture, plugin
 
 APP = """
 import pytest
@@ -133,23 +136,47 @@ def test_bad_option_values_are_usage_errors(
 
 
 def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--help")
-    result.stdout.fnmatch_lines(
-        [
-            "background tasks (pytest-bgtasks):",
-            "*--bgtasks-mode=MODE*what happens to captured background tasks: run*",
-            "*bgtasks_mode (string):*",
-            "*bgtasks_on_dropped (string):*",
-            "*bgtasks_allow_failures (bool):*",
-            "*bgtasks_assert_all_run (bool):*",
-            "*bgtasks_app_fixture (string):*",
-        ]
+    # Another plugin (here a conftest) can add its options to the plugin's group by name.
+    pytester.makeconftest(
+        """
+        def pytest_addoption(parser):
+            parser.getgroup("bgtasks").addoption("--smtp-port", help="port of the SMTP server.")
+        """
     )
+    result = pytester.runpytest("--help")
+    text = " ".join(result.stdout.str().split())  # help lines wrap at the terminal's width
+    for shown in [
+        "background tasks (pytest-bgtasks): --bgtasks-mode=MODE what happens to captured "
+        "background tasks: run (default), defer or skip. --smtp-port=SMTP_PORT port of the SMTP "
+        "server.",
+        "bgtasks_mode (string): default mode for captured tasks: run, defer or skip.",
+        "bgtasks_on_dropped (string): a task added but never carried by its response: fail "
+        "(default), warn or ignore.",
+        "bgtasks_allow_failures (bool): do not fail a test whose task raised an exception the "
+        "test never saw.",
+        "bgtasks_assert_all_run (bool): fail a test that leaves deferred tasks unrun.",
+        "bgtasks_app_fixture (string): name of the fixture that returns the ASGI app for "
+        "bg_client (default: app).",
+    ]:
+        assert shown in text
     pytester.runpytest("--markers").stdout.fnmatch_lines(
         [
             "@pytest.mark.bgtasks(*, mode=None, on_dropped=None, allow_failures=None, assert_all_run=None):*"
         ]
     )
+
+
+def test_unset_options_read_as_their_defaults(pytester: pytest.Pytester) -> None:
+    config = pytester.parseconfigure()
+    assert config.getoption("bgtasks_mode") is None
+    defaults = {
+        "bgtasks_mode": "run",
+        "bgtasks_on_dropped": "fail",
+        "bgtasks_allow_failures": False,
+        "bgtasks_assert_all_run": False,
+        "bgtasks_app_fixture": "app",
+    }
+    assert {name: config.getini(name) for name in defaults} == defaults
 
 
 @pytest.mark.parametrize(
@@ -175,8 +202,19 @@ def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
             'allow_failures="yes"',
             "TypeError: @pytest.mark.bgtasks(allow_failures=...) expects True or False, got 'yes'.",
         ),
+        (
+            "assert_all_run=1",
+            "TypeError: @pytest.mark.bgtasks(assert_all_run=...) expects True or False, got 1.",
+        ),
     ],
-    ids=["unknown-keyword", "positional", "bad-mode", "bad-on-dropped", "not-a-bool"],
+    ids=[
+        "unknown-keyword",
+        "positional",
+        "bad-mode",
+        "bad-on-dropped",
+        "not-a-bool",
+        "not-a-bool-too",
+    ],
 )
 def test_bad_marker_arguments_are_clear_errors(
     pytester: pytest.Pytester, marker: str, message: str
@@ -526,6 +564,59 @@ def test_a_failing_test_report_lists_captured_tasks(pytester: pytest.Pytester) -
     assert result.stdout.str().count("Captured background tasks") == 2
 
 
+def test_a_failed_assertion_points_at_the_test_not_into_the_plugin(
+    pytester: pytest.Pytester,
+) -> None:
+    make_tests(
+        pytester,
+        """
+        import pytest
+        import pytest_bgtasks
+        from conftest import audit, send_welcome_email
+
+        CALLS = {
+            "assert_task_added": (audit,),
+            "assert_task_not_added": (send_welcome_email,),
+            "assert_task_ran": (audit,),
+            "assert_task_failed": (send_welcome_email,),
+            "assert_task_count": (2,),
+            "assert_no_tasks": (),
+            "assert_tasks_in_order": (audit,),
+        }
+
+        @pytest.fixture
+        def anyio_backend():
+            return "asyncio"
+
+        @pytest.mark.parametrize("owner", ["module", "fixture"])
+        @pytest.mark.parametrize("name", CALLS)
+        def test_assertion(bg_client, bgtasks, owner, name):
+            bg_client.post("/signup")
+            helper = getattr(pytest_bgtasks if owner == "module" else bgtasks, name)
+            helper(*CALLS[name])
+
+        @pytest.mark.anyio
+        async def test_run_deferred_in_a_loop(bgtasks):
+            bgtasks.run_deferred()
+
+        @pytest.mark.anyio
+        async def test_arun_deferred_with_a_bad_limit(bgtasks):
+            await bgtasks.arun_deferred(limit=-1)
+        """,
+    )
+    result = pytester.runpytest("--tb=short")
+    result.assert_outcomes(failed=16)
+    output = result.stdout.str()
+    # The helpers hide their own frames (__tracebackhide__), as pytest's do: the error shows
+    # right under the test's line. What they call is shown as usual.
+    shown = re.findall(
+        r"test_it\.py:\d+: in test_assertion\n    helper\(\*CALLS\[name\]\)\nE ", output
+    )
+    assert len(shown) == 14
+    (frame,) = re.findall(r"_capture\.py:\d+: in (\S+)", output)
+    assert "_deferred_args" in frame
+
+
 def test_bg_client_needs_an_app_fixture(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
@@ -655,3 +746,23 @@ def test_the_option_lists_in_the_plugin_match_the_core() -> None:
     from pytest_bgtasks import _capture, plugin
 
     assert plugin.MODES == _capture.MODES == get_args(_capture.Mode)
+
+
+def test_the_report_hook_is_registered_once_by_name(
+    request: pytest.FixtureRequest, bgtasks: BackgroundTaskCapture
+) -> None:
+    manager = request.config.pluginmanager
+    hook = manager.get_plugin("bgtasks-reports")
+    assert isinstance(hook, plugin._Reports)
+    assert [each for each in manager.get_plugins() if isinstance(each, plugin._Reports)] == [hook]
+
+
+def test_a_test_the_report_hook_never_saw_has_not_failed(request: pytest.FixtureRequest) -> None:
+    assert not plugin._test_failed(request.node)
+
+
+def test_the_session_hooks_do_not_import_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "pytest_bgtasks._recorder")
+    assert plugin._active_captures() == []
+    plugin._release_patches([])
+    assert "pytest_bgtasks._recorder" not in sys.modules
