@@ -44,11 +44,11 @@ def missing(expected: ExpectedTask, outcome: str, records: Sequence[TaskRecord],
 
 
 def unexpected(expected: ExpectedTask | None, found: Sequence[TaskRecord], wanted: int) -> str:
-    what = "background tasks" if expected is None else f"background tasks matching {expected.call}"
+    matching = "" if expected is None else f" matching {expected.call}"
     if wanted == 0:
-        head = f"Expected no {what}, but {len(found)} {was(len(found))} added:"
+        head = f"Expected no background tasks{matching}, but {len(found)} {was(len(found))} added:"
     else:
-        head = f"Expected {wanted} {what}, but {len(found)} {was(len(found))} added"
+        head = f"Expected {count(wanted)}{matching}, but {len(found)} {was(len(found))} added"
         head += ":" if found else "."
     return "\n".join([head, bullets(found)]) if found else head
 

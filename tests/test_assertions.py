@@ -347,15 +347,24 @@ def test_task_count(bgtasks: BackgroundTaskCapture) -> None:
     with pytest.raises(AssertionError) as failure:
         bgtasks.assert_task_count(1, audit)
     assert str(failure.value) == (
-        "Expected 1 background tasks matching audit(...), but 2 were added:\n"
+        "Expected 1 background task matching audit(...), but 2 were added:\n"
         f"- audit('a') [pending]  ({_here('a')})\n"
         f"- audit('b') [pending]  ({_here('a')})"
     )
-    with pytest.raises(
-        AssertionError,
-        match=r"^Expected 2 background tasks matching async_job\(\.\.\.\), but 0 were added\.$",
-    ):
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_count(2, sync_job)
+    assert str(failure.value) == (
+        "Expected 2 background tasks matching sync_job(...), but 1 was added:\n"
+        f"- sync_job('c') [pending]  ({_here('a')})"
+    )
+    with pytest.raises(AssertionError) as failure:
         bgtasks.assert_task_count(2, async_job)
+    assert str(failure.value) == (
+        "Expected 2 background tasks matching async_job(...), but 0 were added."
+    )
+    with pytest.raises(AssertionError) as failure:
+        pytest_bgtasks.assert_task_count(4)
+    assert str(failure.value).startswith("Expected 4 background tasks, but 3 were added:\n")
 
 
 def _here(_: str) -> str:
