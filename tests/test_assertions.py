@@ -68,6 +68,28 @@ def test_arguments_match_after_binding_to_the_signature(
     pytest_bgtasks.assert_task_added(send_welcome_email, *args, **kwargs)
 
 
+def test_the_free_functions_pass_on_every_argument(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.fail(audit)
+    signup((send_welcome_email, "a@b.com"))
+    signup((audit, "signup"))
+    helpers = [
+        (pytest_bgtasks.assert_task_added, send_welcome_email, "email", "a@b.com"),
+        (pytest_bgtasks.assert_task_ran, send_welcome_email, "email", "a@b.com"),
+        (pytest_bgtasks.assert_task_failed, audit, "event", "signup"),
+    ]
+    for helper, func, name, value in helpers:
+        helper(func, value)
+        helper(func, **{name: value})
+        with pytest.raises(AssertionError):
+            helper(func, "other")
+        with pytest.raises(AssertionError):
+            helper(func, **{name: "other"})
+    pytest_bgtasks.assert_task_not_added(send_welcome_email, "other")
+    pytest_bgtasks.assert_task_not_added(send_welcome_email, email="other")
+    with pytest.raises(AssertionError):
+        pytest_bgtasks.assert_task_not_added(send_welcome_email, email="a@b.com")
+
+
 def test_the_same_object_matches_itself_by_position_or_keyword(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
@@ -108,6 +130,9 @@ def test_a_partial_expected_call_adds_its_own_arguments_first(
     schedule((send_welcome_email, "a@b.com", "Hi"))
     bgtasks.assert_task_added(functools.partial(send_welcome_email, "a@b.com"), "Hi")
     bgtasks.assert_task_added(task(functools.partial(send_welcome_email, subject="Hi"), "a@b.com"))
+    # As a target (of a count, an order, a rule), a partial is the call it makes.
+    bgtasks.assert_task_count(1, functools.partial(send_welcome_email, "a@b.com", subject="Hi"))
+    bgtasks.assert_task_count(0, functools.partial(send_welcome_email, "a@b.com"))
 
 
 def test_task_reprs_and_equality() -> None:
@@ -310,6 +335,18 @@ def test_task_ran_and_failed(bgtasks: BackgroundTaskCapture) -> None:
         bgtasks.assert_task_ran(boom)
 
 
+def test_task_failed_message_when_no_call_matches(bgtasks: BackgroundTaskCapture) -> None:
+    signup((send_welcome_email, "a@b.com"))
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_failed(send_welcome_email, "x@y.z")
+    assert str(failure.value) == (
+        "No background task matching send_welcome_email('x@y.z') failed.\n"
+        "1 background task was added:\n"
+        f"- send_welcome_email('a@b.com') [ran] POST /work  ({SIGNUP_SITE})\n"
+        "Closest: send_welcome_email: arg 'email' expected 'x@y.z', got 'a@b.com'"
+    )
+
+
 @pytest.mark.bgtasks(mode="defer")
 def test_a_deferred_match_says_how_to_run_it(bgtasks: BackgroundTaskCapture) -> None:
     signup((audit, "x"))
@@ -413,6 +450,16 @@ def test_tasks_in_order(bgtasks: BackgroundTaskCapture) -> None:
         bgtasks.assert_tasks_in_order(boom, audit)
 
 
+def test_tasks_in_order_looks_after_the_last_match_only(bgtasks: BackgroundTaskCapture) -> None:
+    schedule((audit, "a"), (sync_job, "b"), (boom,), (async_job, "d"), (send_welcome_email, "e"))
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_tasks_in_order(audit, async_job, send_welcome_email, boom)
+    assert str(failure.value).splitlines()[2:4] == [
+        "Found send_welcome_email('e') at #4, then no boom(...) after it.",
+        "boom() was added at #2, before that.",
+    ]
+
+
 def test_messages_list_at_most_fifty_tasks(bgtasks: BackgroundTaskCapture) -> None:
     for number in range(60):
         BackgroundTask(audit, str(number))
@@ -425,12 +472,36 @@ def test_messages_list_at_most_fifty_tasks(bgtasks: BackgroundTaskCapture) -> No
     assert lines[52] == "... and 10 more"
     assert len(lines) == 53
 
+    with bgtasks.capture() as block:
+        for number in range(50):
+            BackgroundTask(audit, str(number))
+    with pytest.raises(AssertionError) as failure:
+        block.assert_task_added(sync_job)
+    lines = str(failure.value).splitlines()
+    assert lines[1] == "50 background tasks were added:"
+    assert lines[-1].startswith("- audit('49') [pending]")
+
+
+def test_closest_looks_at_the_last_thousand_tasks(bgtasks: BackgroundTaskCapture) -> None:
+    # It keeps a failing assertion fast however many tasks a test schedules.
+    BackgroundTask(send_welcome_email, "a@b.com", "Hi")  # closer, but 1001st from the end
+    for _ in range(1000):
+        BackgroundTask(send_welcome_email, "x@y.z", "Hi")
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_added(send_welcome_email, "a@b.com", "Yo")
+    assert str(failure.value).splitlines()[-1] == (
+        "Closest: send_welcome_email: arg 'email' expected 'a@b.com', got 'x@y.z'; "
+        "arg 'subject' expected 'Yo', got 'Hi'"
+    )
+
 
 def test_long_arguments_are_shortened(bgtasks: BackgroundTaskCapture) -> None:
     schedule((audit, "x" * 500))
     (record,) = bgtasks.tasks
     assert record.call == "audit('" + "x" * 196 + "...)"
     assert len(record.call) == len("audit()") + 200
+    schedule((audit, "x" * 198))  # a repr of 200 characters is shown whole
+    assert bgtasks.tasks[1].call == "audit('" + "x" * 198 + "')"
 
 
 def test_a_failing_repr_does_not_break_messages(bgtasks: BackgroundTaskCapture) -> None:
@@ -454,11 +525,12 @@ def test_matching_survives_a_failing_eq(bgtasks: BackgroundTaskCapture) -> None:
 
 
 def test_raw_comparison_names_keyword_differences(bgtasks: BackgroundTaskCapture) -> None:
-    BackgroundTask(dict, ["a"], x=1)  # dict has no signature to bind to
-    with pytest.raises(AssertionError, match=r"Closest: dict: kwarg 'x' expected 2, got 1$"):
-        bgtasks.assert_task_added(dict, ["a"], x=2)
-    with pytest.raises(AssertionError, match=r"Closest: dict: unexpected kwarg 'x'=1$"):
-        bgtasks.assert_task_added(dict, ["a"])  # type: ignore[arg-type]
+    BackgroundTask(dict, ["a"], x=1, y=2)  # dict has no signature to bind to
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_added(dict, ["a"], x=2, y=2)
+    assert str(failure.value).endswith("\nClosest: dict: kwarg 'x' expected 2, got 1")
+    with pytest.raises(AssertionError, match=r"Closest: dict: unexpected kwarg 'y'=2$"):
+        bgtasks.assert_task_added(dict, ["a"], x=1)  # type: ignore[arg-type]
 
 
 def test_unhashable_and_touchy_callables_still_match(bgtasks: BackgroundTaskCapture) -> None:

@@ -3,13 +3,19 @@ nobody sees, cancelled responses, misuse. Each test pins the record and the app'
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib.metadata
+import linecache
+import os
+import sys
+import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import anyio
 import fastapi
+import httpx
 import pytest
 import starlette
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, WebSocket
@@ -26,7 +32,10 @@ from starlette.testclient import TestClient
 
 import apps
 from apps import async_job, boom, sync_job
-from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus
+from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus, _capture
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
 
 STARLETTE = tuple(int(part) for part in starlette.__version__.split(".")[:2])
 FASTAPI = tuple(int(part) for part in fastapi.__version__.split(".")[:2])
@@ -65,6 +74,49 @@ def test_an_endpoint_returning_its_own_background_drops_the_injected_tasks(
     errors, warnings = bgtasks._verdict(on_dropped="fail")
     assert warnings == []
     assert errors[0].startswith("1 background task was added but never run")
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")
+@pytest.mark.parametrize("own", ["task", "batch"])
+def test_what_an_endpoint_made_besides_its_own_background_is_dropped(
+    bgtasks: BackgroundTaskCapture, own: str
+) -> None:
+    app = FastAPI()
+
+    @app.post("/signup")
+    def signup(background_tasks: BackgroundTasks) -> JSONResponse:
+        if own == "task":  # two tasks made apart, never attached to anything
+            BackgroundTask(sync_job, "welcome")  # site:made-apart
+            BackgroundTask(sync_job, "audit")  # site:made-apart-too
+            return JSONResponse({}, background=BackgroundTask(async_job, "own"))
+        background_tasks.add_task(sync_job, "welcome")  # site:injected
+        background_tasks.add_task(sync_job, "audit")  # site:injected-too
+        batch = StarletteBackgroundTasks()
+        batch.add_task(async_job, "own")
+        return JSONResponse({}, background=batch)
+
+    with TestClient(app) as client:
+        assert client.post("/signup").status_code == 200
+
+    reason = (
+        "    never run: the response carried async_job('own') instead; an endpoint that returns "
+        "a response with its own `background` replaces the injected BackgroundTasks"
+    )
+    first, second = (
+        ("made-apart", "made-apart-too") if own == "task" else ("injected", "injected-too")
+    )
+    assert bgtasks._verdict() == (
+        [
+            "2 background tasks were added but never run: its response never carried them.\n"
+            f"- sync_job('welcome') [dropped] POST /signup  ({apps.site(first, __file__)})\n"
+            f"{reason}\n"
+            f"- sync_job('audit') [dropped] POST /signup  ({apps.site(second, __file__)})\n"
+            f"{reason}\n"
+            'If this is expected, use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".'
+        ],
+        [],
+    )
+    assert apps.ran == [("async_job", "own")]
 
 
 @pytest.mark.bgtasks(on_dropped="ignore")
@@ -152,8 +204,9 @@ def test_a_middleware_that_rebuilds_the_response_still_runs_the_tasks(
     assert apps.ran == [("sync_job", "kept")]
 
 
-@pytest.mark.bgtasks(on_dropped="ignore")
-def test_a_task_added_in_the_exit_of_a_yield_dependency(bgtasks: BackgroundTaskCapture) -> None:
+def adding_on_exit(func: Callable[[str], object], value: str) -> FastAPI:
+    """An app whose `POST /work` adds `func(value)`, and whose dependency with yield adds
+    `sync_job("added on exit")` in its exit code."""
     app = FastAPI()
 
     def session(background_tasks: BackgroundTasks) -> Iterator[None]:
@@ -162,10 +215,15 @@ def test_a_task_added_in_the_exit_of_a_yield_dependency(bgtasks: BackgroundTaskC
 
     @app.post("/work", dependencies=[Depends(session)])
     def work(background_tasks: BackgroundTasks) -> dict[str, str]:
-        background_tasks.add_task(sync_job, "from the endpoint")
+        background_tasks.add_task(func, value)
         return {}
 
-    with TestClient(app) as client:
+    return app
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")
+def test_a_task_added_in_the_exit_of_a_yield_dependency(bgtasks: BackgroundTaskCapture) -> None:
+    with TestClient(adding_on_exit(sync_job, "from the endpoint")) as client:
         client.post("/work")
 
     endpoint, on_exit = bgtasks.tasks
@@ -233,7 +291,7 @@ def test_a_websocket_endpoint_never_runs_its_tasks(bgtasks: BackgroundTaskCaptur
 def test_a_response_reused_across_requests_replays_its_tasks(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
-    cached = JSONResponse({}, background=BackgroundTask(sync_job, "cached"))
+    cached = JSONResponse({}, background=BackgroundTask(sync_job, "cached"))  # site:cached
     app = FastAPI()
 
     @app.post("/work")
@@ -251,12 +309,18 @@ def test_a_response_reused_across_requests_replays_its_tasks(
         "a response object reused across requests runs its tasks again"
     )
     assert again.request == TaskRequest("POST", "/work")
+    assert again.added_at == first.added_at == apps.site("cached", __file__)
     assert apps.ran == [("sync_job", "cached")] * 2
-    (message,) = bgtasks._verdict()[0]
-    assert message.startswith(
-        "1 background task ran again: the same BackgroundTask object had already run, so a "
-        "response object is reused across requests and replays its tasks.\n"
-        "- sync_job('cached') [ran] POST /work"
+    assert bgtasks._verdict() == (
+        [
+            "1 background task ran again: the same BackgroundTask object had already run, so a "
+            "response object is reused across requests and replays its tasks.\n"
+            f"- sync_job('cached') [ran] POST /work  ({first.added_at})\n"
+            f"    {again.problem}\n"
+            "Build the response (and its background) inside the endpoint; if this is expected, "
+            'use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".'
+        ],
+        [],
     )
 
 
@@ -319,6 +383,72 @@ def test_an_error_answered_by_a_status_handler_drops_without_complaint(
     assert bgtasks._verdict() == ([], [])
 
 
+class Muffle:
+    """A pure ASGI middleware that keeps whatever the app sends, swallows what it raises, and
+    answers with `status` itself (or not at all)."""
+
+    def __init__(self, app: Any, status: int | None) -> None:
+        self.app = app
+        self.status = status
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def kept(message: Any) -> None:
+            pass
+
+        with contextlib.suppress(Exception):
+            await self.app(scope, receive, kept)
+        if self.status is not None:
+            await send({"type": "http.response.start", "status": self.status, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")
+@pytest.mark.parametrize(
+    ("status", "path", "reason", "excused"),
+    [
+        (None, "/error", NOT_CARRIED, False),
+        (
+            None,
+            "/missing",
+            "never run: the endpoint raised HTTPException(status_code=404, detail='no such user')",
+            True,
+        ),
+        (400, "/error", "never run: the request ended with a 400 response", True),
+    ],
+    ids=["no-answer", "handled-no-answer", "answered-400"],
+)
+def test_a_middleware_that_answers_for_the_app(
+    bgtasks: BackgroundTaskCapture, status: int | None, path: str, reason: str, excused: bool
+) -> None:
+    app = FastAPI()
+    app.add_middleware(Muffle, status=status)
+
+    @app.post("/error")
+    def error(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(sync_job, "audit")
+        raise LookupError("database gone")
+
+    @app.post("/missing")
+    def missing(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(sync_job, "audit")
+        raise HTTPException(404, "no such user")
+
+    with TestClient(app) as client:
+        if status is None:
+            with pytest.raises(AssertionError, match="did not receive any response"):
+                client.post(path)
+        else:
+            assert client.post(path).status_code == status
+
+    (record,) = bgtasks.dropped
+    assert record.reason == reason
+    assert (bgtasks._verdict() == ([], [])) is excused
+
+
 def test_an_unhandled_error_after_add_task_drops_without_complaint(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
@@ -375,6 +505,62 @@ def test_the_first_of_three_tasks_fails(bgtasks: BackgroundTaskCapture, middlewa
         assert errors == []
 
 
+MADE_BEFORE = BackgroundTask(sync_job, "made before the capture")
+
+
+@pytest.mark.parametrize("how", ["batch-from-a-list", "alone", "moved-out-of-its-batch"])
+def test_a_failing_task_stops_the_rest_of_its_response(
+    bgtasks: BackgroundTaskCapture, how: str
+) -> None:
+    async def work(request: Request) -> Response:
+        if how == "batch-from-a-list":  # a task made before the capture in between
+            made = [BackgroundTask(boom, "first"), MADE_BEFORE, BackgroundTask(sync_job, "third")]
+            return PlainTextResponse("ok", background=StarletteBackgroundTasks(made))
+        if how == "alone":
+            return PlainTextResponse("ok", background=BackgroundTask(boom, "first"))
+        batch = StarletteBackgroundTasks()
+        batch.add_task(boom, "first")
+        return PlainTextResponse("ok", background=batch.tasks.pop())
+
+    with (
+        TestClient(Starlette(routes=[Route("/work", work)])) as client,
+        pytest.raises(ZeroDivisionError),
+    ):
+        client.get("/work")
+
+    failed, *rest = bgtasks.tasks
+    assert failed.status is TaskStatus.FAILED
+    if how == "batch-from-a-list":
+        (third,) = rest
+        assert third.status is TaskStatus.NOT_RUN
+        assert third.reason == (
+            "not run: an earlier task of its response failed, boom('first') raised "
+            "ZeroDivisionError('boom first')"
+        )
+    else:
+        assert rest == []
+    assert apps.ran == []
+
+
+@pytest.mark.bgtasks(mode="defer", on_dropped="ignore")
+def test_a_held_task_that_fails_leaves_a_task_dropped_from_its_batch_as_it_was(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    with TestClient(adding_on_exit(boom, "held")) as client:
+        client.post("/work")
+    with pytest.raises(ZeroDivisionError):
+        bgtasks.run_deferred()
+
+    held, on_exit = bgtasks.tasks
+    assert held.status is TaskStatus.FAILED
+    if (0, 106) <= FASTAPI < (0, 118):  # it joined the batch in time, and was held too
+        assert on_exit.status is TaskStatus.NOT_RUN
+    else:
+        assert on_exit.status is TaskStatus.DROPPED
+        assert on_exit.reason is not None
+        assert on_exit.reason.startswith("never run: it was added to its BackgroundTasks after")
+
+
 def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
     """`exc` is a `kind`, or an exception group holding one (anyio 4 task groups)."""
     if isinstance(exc, kind):
@@ -400,25 +586,110 @@ def test_an_http_exception_raised_in_a_task_keeps_the_original(
     assert bgtasks._verdict() == ([], [])  # the test saw it, inside the RuntimeError
 
 
+async def async_boom(value: str) -> None:
+    raise ZeroDivisionError(value)
+
+
+GENERATED: dict[str, Any] = {}  # code made by exec() has no module name
+exec("def generated(value):\n    raise ZeroDivisionError(value)\n", GENERATED)
+
+
 @pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
-def test_a_task_exception_the_client_hid_is_reported(bgtasks: BackgroundTaskCapture) -> None:
-    with TestClient(apps.fastapi_app((boom, ("hidden",))), raise_server_exceptions=False) as client:
+@pytest.mark.parametrize("kind", ["def", "async-def", "exec"])
+def test_a_task_exception_the_client_hid_is_reported(
+    bgtasks: BackgroundTaskCapture, kind: str
+) -> None:
+    func = {"def": boom, "async-def": async_boom, "exec": GENERATED["generated"]}[kind]
+    with TestClient(apps.fastapi_app((func, ("hidden",))), raise_server_exceptions=False) as client:
         assert client.post("/work").status_code == 200
 
-    errors, _ = bgtasks._verdict()
-    (message,) = errors
-    assert message.startswith(
-        "1 background task raised and the test never saw the exception (the client or a "
-        "middleware hid it):\n- boom('hidden') [failed] POST /work"
-    )
     # The traceback starts in the task's own code.
-    assert "\n    Traceback (most recent call last):\n      File " in message
-    assert (
-        message.split("Traceback (most recent call last):\n")[1]
-        .splitlines()[0]
-        .endswith(", in boom")
+    if kind == "exec":
+        frames = ['      File "<string>", line 2, in generated']
+    else:  # the raise on the line after the def
+        code = func.__code__
+        path, line = os.path.relpath(code.co_filename), code.co_firstlineno + 1
+        frames = [
+            f'      File "{path}", line {line}, in {func.__name__}',
+            f"        {linecache.getline(code.co_filename, line).strip()}",
+        ]
+    shown = "hidden" if kind != "def" else "boom hidden"
+    assert bgtasks._verdict() == (
+        [
+            "\n".join(
+                [
+                    "1 background task raised and the test never saw the exception (the client "
+                    "or a middleware hid it):",
+                    f"- {func.__name__}('hidden') [failed] POST /work  ({apps.site('fastapi')})",
+                    f"    raised: ZeroDivisionError('{shown}')",
+                    "    Traceback (most recent call last):",
+                    *frames,
+                    f"    ZeroDivisionError: {shown}",
+                    "If the test expects this, assert it with bgtasks.assert_task_failed(...) "
+                    "and use @pytest.mark.bgtasks(allow_failures=True).",
+                ]
+            )
+        ],
+        [],
     )
     assert bgtasks._verdict(allow_failures=True) == ([], [])
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
+def test_a_task_that_fails_outside_any_request_where_nobody_looks(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    task = BackgroundTask(boom, "in a pool")  # site:pool
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        failure = pool.submit(anyio.run, task).exception()  # kept, never raised
+    assert isinstance(failure, ZeroDivisionError)
+
+    (message,) = bgtasks._verdict()[0]
+    assert message.startswith(
+        "1 background task raised and the test never saw the exception (the client or a "
+        f"middleware hid it):\n- boom('in a pool') [failed]  ({apps.site('pool', __file__)})\n"
+    )
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
+def test_a_task_exception_a_middleware_replaced_is_reported(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    class Replace:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            failed = False
+            try:
+                await self.app(scope, receive, send)
+            except ZeroDivisionError:
+                failed = True
+            if failed:  # raised afresh: nothing leads from it to the task's exception
+                raise RuntimeError("a task failed")
+
+    app = apps.fastapi_app((boom, ("replaced",)))
+    app.add_middleware(Replace)
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="a task failed"):
+        client.post("/work")
+
+    (message,) = bgtasks._verdict()[0]
+    assert "\n- boom('replaced') [failed] POST /work" in message
+
+
+def test_what_left_the_app_is_searched_for_the_tasks_exception() -> None:
+    inner, other = ZeroDivisionError("inner"), KeyError("other")
+    assert _capture._contains(ExceptionGroup("group", [inner, other]), inner)
+    # Contexts that loop are followed once.
+    first, second = ValueError("first"), ValueError("second")
+    first.__context__, second.__context__ = second, first
+    assert not _capture._contains(first, inner)
+    # An exception reached twice is looked at once, and the search goes on past it.
+    shared, via = KeyError("shared"), ValueError("via")
+    via.__context__ = inner
+    outer = ExceptionGroup("outer", [shared])
+    outer.__cause__, outer.__context__ = via, shared
+    assert _capture._contains(outer, inner)
 
 
 @pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
@@ -465,6 +736,8 @@ def test_a_non_callable_given_to_add_task_is_reported_at_its_call_site(
     assert "    add_task() was given 42, which is not callable\n" in message
     # Raised by Starlette itself, so the whole traceback is shown.
     assert "starlette" in message.split("Traceback")[1]
+    shown = message.split("Traceback (most recent call last):\n")[1].count('      File "')
+    assert shown == len(traceback.extract_tb(record.exception.__traceback__))
 
 
 # -- streaming and cancellation ----------------------------------------------------------------
@@ -563,6 +836,34 @@ def test_tasks_of_a_file_response(bgtasks: BackgroundTaskCapture, tmp_path: Any)
     assert bgtasks.assert_task_ran(sync_job, "delete report").request == TaskRequest(
         "GET", "/report"
     )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_request_cancelled_while_its_task_runs(bgtasks: BackgroundTaskCapture) -> None:
+    started = anyio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    app = apps.fastapi_app((slow, ()), (sync_job, ("after",)))
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(client.post, "/work")
+        await started.wait()
+        group.cancel_scope.cancel()
+
+    running, after = bgtasks.tasks
+    assert (running.status, running.reason) == (TaskStatus.CANCELLED, "cancelled while running")
+    assert (after.status, after.reason) == (
+        TaskStatus.CANCELLED,
+        "never started: an earlier task was cancelled",
+    )
+    assert bgtasks._verdict() == ([], [])
+    assert apps.ran == []
 
 
 # -- tasks created outside the capture ---------------------------------------------------------

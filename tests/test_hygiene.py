@@ -14,6 +14,7 @@ from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.testclient import TestClient
 
 import apps
+import pytest_bgtasks
 from apps import sync_job
 from pytest_bgtasks import (
     BackgroundTaskCapture,
@@ -92,8 +93,8 @@ def test_another_wrapper_of_the_call_keeps_working_and_so_does_the_plugin(
 
 
 def test_patches_are_installed_once_and_removed_completely(pristine: Any) -> None:
-    assert _starlette.install()
-    assert not _starlette.install()
+    assert _starlette.install() is True
+    assert _starlette.install() is False
     assert getattr(current_call(), "__pytest_bgtasks_patch__", False)
     _starlette.uninstall()
     assert current_call() is pristine
@@ -108,6 +109,83 @@ def test_a_stale_copy_of_the_patches_is_replaced_not_stacked(pristine: Any) -> N
     _starlette._wrappers.clear()
     _starlette.install()
     assert current_call().__wrapped__ is pristine
+
+
+def test_a_patch_something_put_back_is_installed_again(pristine: Any) -> None:
+    _starlette.install()
+    BackgroundTask.__call__ = pristine  # type: ignore[method-assign]  # restored by someone
+    assert _starlette.install() is True  # the others were still in place
+    assert current_call().__wrapped__ is pristine
+    with BackgroundTaskCapture() as capture:
+        run_one_request()
+    capture.assert_task_ran(sync_job, "a")
+
+
+def wrapped_over(inner: Any, depth: int) -> Any:
+    """`inner` under `depth` instrumentation wrappers."""
+    for _ in range(depth):
+
+        @functools.wraps(inner)
+        async def outer(self: Any, inner: Any = inner) -> None:
+            await inner(self)
+
+        inner = outer
+    return inner
+
+
+def test_the_patch_is_looked_for_under_at_most_32_wrappers(pristine: Any) -> None:
+    _starlette.install()
+    patch = current_call()
+    BackgroundTask.__call__ = wrapped_over(patch, 31)  # type: ignore[method-assign]
+    assert _starlette.install() is False  # found under them
+    BackgroundTask.__call__ = wrapped_over(patch, 32)  # type: ignore[method-assign]
+    assert _starlette.install() is True  # not looked for that deep: patched again, on top
+    _starlette.uninstall()
+
+
+def test_a_wrapper_whose_wrapped_chain_loops_is_not_the_plugins(pristine: Any) -> None:
+    async def looping(self: Any) -> None:
+        await pristine(self)
+
+    looping.__wrapped__ = looping  # type: ignore[attr-defined]
+    BackgroundTask.__call__ = looping  # type: ignore[method-assign]
+    with BackgroundTaskCapture() as capture:
+        run_one_request()
+    capture.assert_task_ran(sync_job, "a")
+    assert current_call().__wrapped__ is looping
+
+
+def test_a_recorder_of_its_own_records_and_lets_go(pristine: Any) -> None:
+    # A fresh import of the core (pytester's in-process runs) makes a recorder of its own.
+    recorder = _recorder.Recorder()
+    capture = BackgroundTaskCapture()
+    recorder.push(capture)
+    try:
+        run_one_request()
+    finally:
+        recorder.pop(capture)
+    (record,) = capture.tasks
+    assert record.status is TaskStatus.RAN
+    assert (recorder.logs, recorder.records, recorder.by_task) == ([], [], {})
+
+
+def test_the_public_names_load_from_their_modules() -> None:
+    from pytest_bgtasks import _capture, _matching, _records, plugin
+
+    homes = {
+        "BackgroundTaskWarning": plugin,
+        "ExpectedTask": _matching,
+        "task": _matching,
+        "TaskRecord": _records,
+        "TaskRequest": _records,
+        "TaskStatus": _records,
+    }
+    for name in pytest_bgtasks.__all__:
+        assert getattr(pytest_bgtasks, name) is getattr(homes.get(name, _capture), name)
+    assert set(pytest_bgtasks.__all__) <= set(dir(pytest_bgtasks))
+    with pytest.raises(AttributeError) as error:
+        pytest_bgtasks.assert_taks_added  # noqa: B018
+    assert str(error.value) == "module 'pytest_bgtasks' has no attribute 'assert_taks_added'"
 
 
 def test_the_patches_are_inert_without_a_capture(pristine: Any) -> None:
