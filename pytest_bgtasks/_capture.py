@@ -370,9 +370,8 @@ class BackgroundTaskCapture(TaskLog):
 
     async def _dispatch(self, record: TaskRecord) -> None:
         """A response calls the task: decide its fate and carry it out."""
-        started_before = record._started
         record._started = True
-        if record.status is TaskStatus.NOT_RUN and not started_before:
+        if record.status is TaskStatus.NOT_RUN:
             return  # a simulated failure earlier in its response stopped it
         rule = self._rule_for(record)
         action = rule.action if rule is not None else self._mode
