@@ -506,9 +506,12 @@ def test_the_first_of_three_tasks_fails(bgtasks: BackgroundTaskCapture, middlewa
 
 
 MADE_BEFORE = BackgroundTask(sync_job, "made before the capture")
+FAILING_MADE_BEFORE = BackgroundTask(boom, "first")
 
 
-@pytest.mark.parametrize("how", ["batch-from-a-list", "alone", "moved-out-of-its-batch"])
+@pytest.mark.parametrize(
+    "how", ["batch-from-a-list", "alone", "alone-made-before-the-capture", "moved-out-of-its-batch"]
+)
 def test_a_failing_task_stops_the_rest_of_its_response(
     bgtasks: BackgroundTaskCapture, how: str
 ) -> None:
@@ -518,6 +521,8 @@ def test_a_failing_task_stops_the_rest_of_its_response(
             return PlainTextResponse("ok", background=StarletteBackgroundTasks(made))
         if how == "alone":
             return PlainTextResponse("ok", background=BackgroundTask(boom, "first"))
+        if how == "alone-made-before-the-capture":
+            return PlainTextResponse("ok", background=FAILING_MADE_BEFORE)
         batch = StarletteBackgroundTasks()
         batch.add_task(boom, "first")
         return PlainTextResponse("ok", background=batch.tasks.pop())
