@@ -666,10 +666,11 @@ def _contains(outer: BaseException, inner: BaseException) -> bool:
 def _unwrapped(exc: BaseException, own: BaseException | None) -> BaseException:
     """The one exception inside the single-member exception groups a task group wrapped it in,
     down to the task's `own` exception (which may be a group itself)."""
-    inner: tuple[BaseException, ...] = tuple(getattr(exc, "exceptions", ()))
-    while exc is not own and len(inner) == 1:
+    while exc is not own:
+        inner: tuple[BaseException, ...] = tuple(getattr(exc, "exceptions", ()))
+        if len(inner) != 1:
+            break
         exc = inner[0]
-        inner = tuple(getattr(exc, "exceptions", ()))
     return exc
 
 
