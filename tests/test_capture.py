@@ -163,6 +163,7 @@ def test_kinds_of_callables_are_named_as_they_are_called(
     record = assert_task_added(func, "a")  # type: ignore[arg-type]
     assert record.func is func
     assert (record.name, record.call) == (name, call)
+    assert record.problem is None
     assert apps.ran == [did]
 
 
@@ -289,6 +290,7 @@ def test_defer_mode_holds_tasks_until_run_deferred(bgtasks: BackgroundTaskCaptur
     post(apps.fastapi_app((sync_job, ("a",)), (async_job, ("b",))))
     assert apps.ran == []
     assert bgtasks.deferred == bgtasks.tasks
+    assert bgtasks._verdict() == ([], [])  # held tasks are no complaint without assert_all_run
 
     ran = bgtasks.run_deferred()
 
@@ -844,6 +846,31 @@ def test_run_deferred_after_the_loop_stopped_uses_a_new_loop(
     finally:
         loop.close()
     assert apps.ran == [("async_job", "later")]
+
+
+@pytest.mark.anyio
+@pytest.mark.bgtasks(mode="defer")
+async def test_arun_deferred_cancelled_from_outside(bgtasks: BackgroundTaskCapture) -> None:
+    started = anyio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    app = apps.fastapi_app((slow, ()), (sync_job, ("same response",)))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await client.post("/work")
+    with anyio.move_on_after(5) as scope:
+        async with anyio.create_task_group() as group:
+            group.start_soon(bgtasks.arun_deferred)
+            await started.wait()
+            group.cancel_scope.cancel()  # as a timeout around the test's own code would
+    assert not scope.cancelled_caught
+
+    running, same = bgtasks.tasks
+    assert (running.status, running.reason) == (TaskStatus.CANCELLED, "cancelled while running")
+    assert same.status is TaskStatus.CANCELLED
 
 
 @pytest.mark.bgtasks(mode="defer")

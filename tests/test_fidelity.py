@@ -32,7 +32,7 @@ from starlette.testclient import TestClient
 
 import apps
 from apps import async_job, boom, sync_job
-from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus, _capture
+from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus, _capture, _records
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
@@ -890,6 +890,19 @@ def test_a_task_created_before_the_capture_is_recorded_when_it_runs(
     assert record.added_at is None  # created before anything was watching
     assert record.request == TaskRequest("GET", "/work")
     assert record.status is TaskStatus.RAN
+
+
+def test_a_call_site_line_is_read_from_the_line_table_as_a_frame_reads_it() -> None:
+    def sample() -> int:
+        first = 1
+        second = first + 1
+        return second
+
+    code = sample.__code__
+    ranges = [(start, line) for start, _, line in code.co_lines() if line is not None]
+    assert len({line for _, line in ranges}) > 2
+    for start, line in ranges:  # each range's first instruction is on its own line
+        assert _records.line_at(code, start) == line
 
 
 def test_call_sites_outside_the_working_directory_are_absolute(

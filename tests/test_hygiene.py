@@ -209,9 +209,11 @@ def test_the_patches_are_inert_without_a_capture(pristine: Any) -> None:
 def test_the_recorder_ignores_what_arrives_after_the_last_capture_stopped() -> None:
     # A server thread can report a task just after the test's capture stopped.
     task = BackgroundTask(sync_job, "late")
+    misused = BackgroundTask(42)  # type: ignore[arg-type]  # what a record would report
     recorder = _recorder.recorder
     recorder.task_created(task, None, None, None)
-    assert recorder.record(task) is None
+    recorder.task_created(misused, None, None, None)
+    assert recorder.record(task) is recorder.record(misused) is None
     anyio.run(recorder.task_called, task)
     assert apps.ran == [("sync_job", "late")]
 
