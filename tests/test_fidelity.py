@@ -324,6 +324,41 @@ def test_a_response_reused_across_requests_replays_its_tasks(
     )
 
 
+@pytest.mark.bgtasks(on_dropped="ignore")
+def test_a_task_added_late_to_the_batch_of_a_reused_response(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    batch = StarletteBackgroundTasks()
+    batch.add_task(sync_job, "cached")
+    cached = JSONResponse({}, background=batch)
+
+    def session() -> Iterator[None]:
+        yield
+        batch.add_task(sync_job, "late")
+
+    app = FastAPI()
+
+    @app.post("/work", dependencies=[Depends(session)])
+    def work() -> JSONResponse:
+        return cached
+
+    with TestClient(app) as client:
+        client.post("/work")
+        client.post("/work")
+
+    late = bgtasks.tasks[-1]
+    assert late.call == "sync_job('late')"
+    if (0, 106) <= FASTAPI < (0, 118):  # the exit code runs before the response: in time
+        assert late.status is TaskStatus.RAN
+    else:
+        # The second response ran the batch again (as a record of its own), then its exit
+        # code added to that batch.
+        assert late.reason == (
+            "never run: it was added to its BackgroundTasks after the response had run them "
+            "(in the exit code of a dependency with yield?)"
+        )
+
+
 def test_an_http_exception_after_add_task_drops_without_complaint(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
