@@ -445,7 +445,7 @@ class BackgroundTaskCapture(TaskLog):
 
     def _stop_rest(self, record: TaskRecord, status: TaskStatus, reason: str) -> None:
         """Later tasks of the record's batch will not run (Starlette stops at a failure)."""
-        batch = record._batch
+        batch = recorder.batch_of(record) or _starlette.calling_batch(record._task)
         if batch is None:
             return
         tasks = list(batch.tasks)

@@ -29,7 +29,7 @@ class Controller(Protocol):
 class RequestScope:
     """One request while it runs: what it scheduled and how it ended."""
 
-    __slots__ = ("error", "handled", "kind", "records", "request", "status")
+    __slots__ = ("batches", "error", "handled", "kind", "records", "request", "status")
 
     def __init__(self, kind: str, method: str, path: str) -> None:
         self.kind = kind
@@ -38,6 +38,8 @@ class RequestScope:
         self.error: BaseException | None = None
         self.handled: list[BaseException] = []
         self.records: list[TaskRecord] = []
+        self.batches: list[Any] = []
+        """The `BackgroundTasks` made while it ran (FastAPI makes one for each request)."""
 
     def note_handled(self, exc: BaseException) -> None:
         self.handled.append(exc)
@@ -68,6 +70,8 @@ class Recorder:
         self.records: list[TaskRecord] = []
         """Every record made while a capture is active. Its task carries it, as the attribute
         `_pytest_bgtasks_record`, until the last capture stops."""
+        self.batches: list[Any] = []
+        """The `BackgroundTasks` made outside any request while a capture is active."""
         self.by_task: dict[int, TaskRecord] = {}
         """Records of tasks that cannot carry an attribute (a subclass with `__slots__`)."""
 
@@ -97,6 +101,7 @@ class Recorder:
                     with contextlib.suppress(AttributeError):
                         del record._task._pytest_bgtasks_record
                 self.records.clear()
+                self.batches.clear()
                 self.by_task.clear()
 
     def record(self, task: Any) -> TaskRecord | None:
@@ -105,13 +110,13 @@ class Recorder:
         return record if record is not None and record._task is task else None
 
     def _new_record(
-        self, task: Any, site: Site | None, scope: RequestScope | None, batch: Any
+        self, task: Any, site: Site | None, scope: RequestScope | None
     ) -> TaskRecord | None:
         # Called with the lock held, for every task: kept lean.
         logs = self.logs
         if not logs:
             return None
-        record = TaskRecord(task, len(logs[0]._records), site, scope, batch)
+        record = TaskRecord(task, len(logs[0]._records), site, scope)
         for log in logs:
             log._records.append(record)
         self.records.append(record)
@@ -129,20 +134,29 @@ class Recorder:
 
     # -- what the patches report -----------------------------------------------------------
 
-    def task_created(self, task: Any, site: Site | None, scope: Any, batch: Any) -> None:
+    def task_created(self, task: Any, site: Site | None, scope: Any) -> None:
         with self.lock:
-            record = self._new_record(task, site, scope, batch)
+            record = self._new_record(task, site, scope)
         func = task.func
         if record is not None and not isinstance(func, types.FunctionType):
             problem = misuse(func)
             if problem is not None:
                 record._more().problem = problem
 
-    def batch_created(self, batch: Any) -> None:
-        for item in batch.tasks:
-            record = self.record(item)
-            if record is not None:
-                record._batch = batch
+    def batch_created(self, batch: Any, scope: RequestScope | None) -> None:
+        if self.logs:
+            (scope.batches if scope is not None else self.batches).append(batch)
+
+    def batch_of(self, record: TaskRecord) -> Any:
+        """The `BackgroundTasks` that holds the record's task, among those made while a capture
+        is active: in the task's request, or outside any request. None for a task given to a
+        response on its own, or added to a batch made before the capture started."""
+        scope = record._scope
+        for batches in (scope.batches if scope is not None else [], self.batches):
+            for batch in reversed(batches):
+                if any(item is record._task for item in batch.tasks):
+                    return batch
+        return None
 
     async def task_called(self, task: Any) -> None:
         controller = self.controller()
@@ -165,11 +179,11 @@ class Recorder:
         with self.lock:
             record = self.record(task)
             if record is None:
-                return self._new_record(task, None, scope, None)
+                return self._new_record(task, None, scope)
             if not record._started:
                 return record
             # The same BackgroundTask object runs again: a response reused across requests.
-            again = self._new_record(task, record._site, scope, record._batch)
+            again = self._new_record(task, record._site, scope)
         if again is not None:
             again._more().again_of = record
             again._more().problem = (
@@ -229,13 +243,13 @@ def settle_unstarted(record: TaskRecord, scope: RequestScope) -> None:
 
 def _why_not_carried(record: TaskRecord, scope: RequestScope) -> str:
     started = [other for other in scope.records if other._started]
-    batch = record._batch
-    if batch is not None and any(other._batch is batch for other in started):
+    batch = recorder.batch_of(record)
+    if batch is not None and any(recorder.batch_of(other) is batch for other in started):
         return (
             "it was added to its BackgroundTasks after the response had run them "
             "(in the exit code of a dependency with yield?)"
         )
-    others = [other for other in started if other._batch is None or other._batch is not batch]
+    others = [other for other in started if batch is None or recorder.batch_of(other) is not batch]
     if others:
         return (
             f"the response carried {others[0].call} instead; an endpoint that returns a "

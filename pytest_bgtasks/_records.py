@@ -100,7 +100,7 @@ class TaskRecord:
     Its repr reads like the call: `send_welcome_email('a@b.com') [ran] POST /signup`.
     """
 
-    __slots__ = ("_batch", "_details", "_scope", "_site", "_started", "_task", "index", "status")
+    __slots__ = ("_details", "_scope", "_site", "_started", "_task", "index", "status")
 
     status: TaskStatus
     index: int
@@ -112,15 +112,12 @@ class TaskRecord:
         index: int,
         site: Site | None,
         scope: RequestScope | None,
-        batch: Any,
     ) -> None:
         self._task = task
         self.index = index
         self.status = TaskStatus.PENDING
         self._site = site
         self._scope = scope
-        self._batch = batch
-        """The `BackgroundTasks` it was added to, if any."""
         self._started = False
         """Whether a response (or `run_deferred()`) called it."""
         self._details = _NO_DETAILS

@@ -1,11 +1,10 @@
 """Every touch of Starlette and FastAPI internals lives in this module.
 
 One execution choke point exists in every supported version: `BackgroundTask.__call__`.
-Creation is seen in `BackgroundTask.__init__` (every task; when `BackgroundTasks.add_task` is
-the caller, its `self` is the task's batch) and `BackgroundTasks.__init__` (batches built from a
-list). The outermost `Starlette.__call__` of a request says which request
-scheduled a task and when that request is over. Exceptions that an exception handler turns into
-a response are seen where Starlette looks the handler up.
+Creation is seen in `BackgroundTask.__init__` (every task) and `BackgroundTasks.__init__`
+(every batch: a task's batch is the one that holds it). The outermost `Starlette.__call__` of a
+request says which request scheduled a task and when that request is over. Exceptions that an
+exception handler turns into a response are seen where Starlette looks the handler up.
 
 The patches are installed by `install()` at the first capture of a session and removed by
 `uninstall()`; while no capture is active they only check one global and call the original.
@@ -73,9 +72,9 @@ class Scope(Protocol):
 class Receiver(Protocol):
     """What the patches report to while a capture is active."""
 
-    def task_created(self, task: Any, site: Site | None, scope: Any, batch: Any) -> None: ...
+    def task_created(self, task: Any, site: Site | None, scope: Any) -> None: ...
 
-    def batch_created(self, batch: Any) -> None: ...
+    def batch_created(self, batch: Any, scope: Any) -> None: ...
 
     def task_called(self, task: Any) -> Awaitable[None]: ...
 
@@ -109,15 +108,14 @@ def _task_init(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:  # prag
     _originals[BackgroundTask, "__init__"](self, func, *args, **kwargs)
     receiver = _receiver
     if receiver is not None:
-        site, batch = _origin()
-        receiver.task_created(self, site, _current_scope.get(), batch)
+        receiver.task_created(self, _call_site(), _current_scope.get())
 
 
 def _batch_init(self: Any, *args: Any, **kwargs: Any) -> None:  # pragma: no mutate block
     _originals[BackgroundTasks, "__init__"](self, *args, **kwargs)
     receiver = _receiver
-    if receiver is not None and self.tasks:
-        receiver.batch_created(self)
+    if receiver is not None:
+        receiver.batch_created(self, _current_scope.get())
 
 
 async def _task_call(self: Any) -> None:  # pragma: no mutate block
@@ -252,6 +250,19 @@ def uninstall() -> None:
             del _wrappers[owner, name]
 
 
+def calling_batch(task: Any) -> Any:
+    """The `BackgroundTasks` whose `__call__` (Starlette's, or FastAPI's) is running `task` now,
+    found up the stack: the batch of a task whose batch was made before the capture started."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "__call__":
+            batch = frame.f_locals.get("self")
+            if isinstance(batch, BackgroundTasks) and any(item is task for item in batch.tasks):
+                return batch
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
 # -- running tasks as Starlette runs them --------------------------------------------------------
 
 
@@ -305,15 +316,10 @@ _in_framework: dict[types.CodeType, bool] = {}
 """Whether a function's code belongs to Starlette, FastAPI or this plugin, by code object."""
 
 
-def _origin() -> tuple[Site | None, Any]:  # pragma: no mutate block
+def _call_site() -> Site | None:  # pragma: no mutate block
     """Where the task being created comes from: the code and instruction of the app that created
-    it (outside Starlette and FastAPI), and the batch whose `add_task` creates it, if that is
-    the creator (its `self`; FastAPI's subclass calls it through `super()`)."""
+    it, outside Starlette and FastAPI."""
     frame = sys._getframe(2)  # what called BackgroundTask(...)
-    code = frame.f_code
-    batch = None
-    if code.co_name == "add_task" and frame.f_globals.get("__name__") == "starlette.background":
-        batch = frame.f_locals[code.co_varnames[0]]
     while frame is not None:
         code = frame.f_code
         inside = _in_framework.get(code)
@@ -325,9 +331,9 @@ def _origin() -> tuple[Site | None, Any]:  # pragma: no mutate block
             site = _sites.get((id(code), offset))
             if site is None:  # the first task from this line: the tuple keeps `code` alive
                 site = _sites[id(code), offset] = (code, offset)
-            return site, batch
+            return site
         frame = frame.f_back  # type: ignore[assignment]
-    return None, batch  # pragma: no cover - the test itself is always on the stack
+    return None  # pragma: no cover - the test itself is always on the stack
 
 
 def reached_caller(exc: BaseException, *, raised_in_request: bool) -> bool:

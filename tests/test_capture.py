@@ -1024,3 +1024,31 @@ def test_a_coroutine_object_given_to_add_task_is_reported_at_the_call_site(
     ]
     # It can never run: closed at once, so Python has no "never awaited" to warn about later.
     assert inspect.getcoroutinestate(record.func) == inspect.CORO_CLOSED  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def early_batch() -> StarletteBackgroundTasks:
+    """A batch made before the capture starts (this fixture comes first in the test's list)."""
+    return StarletteBackgroundTasks()
+
+
+@pytest.mark.parametrize("failing", [boom, "rule"], ids=["real", "simulated"])
+def test_a_failure_stops_the_rest_of_a_batch_made_before_the_capture(
+    early_batch: StarletteBackgroundTasks, bgtasks: BackgroundTaskCapture, failing: object
+) -> None:
+    import anyio
+
+    if failing == "rule":
+        bgtasks.fail(sync_job, ZeroDivisionError("simulated"))
+    early_batch.add_task(boom if failing is boom else sync_job, "first")
+    early_batch.add_task(async_job, "second")
+    if failing is boom:
+        with pytest.raises(ZeroDivisionError):
+            anyio.run(early_batch)
+    else:
+        anyio.run(early_batch)
+
+    first, second = bgtasks.tasks
+    assert first.status is TaskStatus.FAILED
+    assert second.status is TaskStatus.NOT_RUN
+    assert apps.ran == []

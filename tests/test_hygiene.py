@@ -211,8 +211,8 @@ def test_the_recorder_ignores_what_arrives_after_the_last_capture_stopped() -> N
     task = BackgroundTask(sync_job, "late")
     misused = BackgroundTask(42)  # type: ignore[arg-type]  # what a record would report
     recorder = _recorder.recorder
-    recorder.task_created(task, None, None, None)
-    recorder.task_created(misused, None, None, None)
+    recorder.task_created(task, None, None)
+    recorder.task_created(misused, None, None)
     assert recorder.record(task) is recorder.record(misused) is None
     anyio.run(recorder.task_called, task)
     assert apps.ran == [("sync_job", "late")]
