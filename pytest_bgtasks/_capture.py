@@ -265,6 +265,8 @@ class BackgroundTaskCapture(TaskLog):
         self._mode: Mode = _check_mode(mode)
         self._rules: list[_Rule] = []
         self._queue: list[TaskRecord] = []
+        self._passed_over: set[TaskRecord] = set()
+        """Tasks a simulated failure stopped, which the running batch will still call."""
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -370,9 +372,18 @@ class BackgroundTaskCapture(TaskLog):
 
     async def _dispatch(self, record: TaskRecord) -> None:
         """A response calls the task: decide its fate and carry it out."""
+        if record in self._passed_over:
+            # A simulated failure earlier in its batch stopped it; unstarted, it runs if the
+            # batch is run again.
+            self._passed_over.discard(record)
+            return
         record._started = True
-        if record.status is TaskStatus.NOT_RUN:
-            return  # a simulated failure earlier in its response stopped it
+        if record.status is not TaskStatus.PENDING:
+            # Settled as never run when an earlier response ended (its batch is reused across
+            # requests): this one runs it after all.
+            record.status = TaskStatus.PENDING
+            record._more().reason = None
+            record._details.excused = False
         rule = self._rule_for(record)
         action = rule.action if rule is not None else self._mode
         if action == "defer":
@@ -390,9 +401,11 @@ class BackgroundTaskCapture(TaskLog):
     async def _execute(self, record: TaskRecord, rule: _Rule | None) -> None:
         if rule is not None and rule.action == "fail":
             assert rule.exception is not None
-            self._failed(record, rule.exception, simulated=True)
+            stopped = self._failed(record, rule.exception, simulated=True)
             if rule.propagate:
                 raise rule.exception
+            if deferred_run.get() is None:  # its batch goes on: nothing raised
+                self._passed_over.update(stopped)
             return
         # Inside a request the app stands between the task and the test; a held task run by
         # run_deferred() still carries its request's context, but runs outside the request.
@@ -402,7 +415,7 @@ class BackgroundTaskCapture(TaskLog):
         try:
             await _starlette.run_task(record._task, fake, returned.append)
         except BaseException as exc:
-            close_coroutine(record)
+            close_coroutine(record.func)
             if is_cancellation(exc):
                 record.status = TaskStatus.CANCELLED
                 record._more().reason = "cancelled while running"
@@ -413,6 +426,7 @@ class BackgroundTaskCapture(TaskLog):
                 self._failed(record, exc, in_request=in_request)
             raise
         if returned and inspect.isawaitable(returned[0]):
+            close_coroutine(returned[0])
             record.status = TaskStatus.FAILED
             details = record._more()
             details.problem = (
@@ -431,27 +445,29 @@ class BackgroundTaskCapture(TaskLog):
         *,
         simulated: bool = False,
         in_request: bool = False,
-    ) -> None:
+    ) -> list[TaskRecord]:
         record.status = TaskStatus.FAILED
         details = record._more()
         details.exception = exc
         details.simulated = simulated
         details.in_request = in_request
-        self._stop_rest(
+        return self._stop_rest(
             record,
             TaskStatus.NOT_RUN,
             f"not run: an earlier task of its response failed, {record.call} raised {exc!r}",
         )
 
-    def _stop_rest(self, record: TaskRecord, status: TaskStatus, reason: str) -> None:
-        """Later tasks of the record's batch will not run (Starlette stops at a failure)."""
+    def _stop_rest(self, record: TaskRecord, status: TaskStatus, reason: str) -> list[TaskRecord]:
+        """Later tasks of the record's batch will not run (Starlette stops at a failure).
+        Returns the records stopped."""
         batch = recorder.batch_of(record) or _starlette.calling_batch(record._task)
         if batch is None:
-            return
+            return []
         tasks = list(batch.tasks)
         position = next((i for i, item in enumerate(tasks) if item is record._task), None)
         if position is None:
-            return
+            return []
+        stopped: list[TaskRecord] = []
         for item in tasks[position + 1 :]:
             later = recorder.record(item)
             if later is None:
@@ -464,6 +480,8 @@ class BackgroundTaskCapture(TaskLog):
                     self._queue.remove(later)
                 later.status = status
                 later._more().reason = reason
+                stopped.append(later)
+        return stopped
 
     # -- deferred tasks --------------------------------------------------------------------
 

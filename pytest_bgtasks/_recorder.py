@@ -97,7 +97,7 @@ class Recorder:
             if not self.logs:
                 _starlette.set_receiver(None)
                 for record in self.records:
-                    close_coroutine(record)
+                    close_coroutine(record.func)
                     with contextlib.suppress(AttributeError):
                         del record._task._pytest_bgtasks_record
                 self.records.clear()
@@ -207,11 +207,12 @@ def misuse(func: object) -> str | None:
     return None
 
 
-def close_coroutine(record: TaskRecord) -> None:
-    """A coroutine object given to add_task can never run; the record keeps it alive, so close
-    it rather than leave Python to warn "never awaited" at some later garbage collection."""
-    if inspect.iscoroutine(record.func):
-        record.func.close()
+def close_coroutine(value: object) -> None:
+    """A coroutine object that nobody will await (given to add_task, or returned by a sync
+    task): the plugin reports it, so close it rather than leave Python to warn "never awaited"
+    at some later garbage collection, in whichever test that happens to be."""
+    if inspect.iscoroutine(value):
+        value.close()
 
 
 def settle_unstarted(record: TaskRecord, scope: RequestScope) -> None:

@@ -359,6 +359,78 @@ def test_a_task_added_late_to_the_batch_of_a_reused_response(
         )
 
 
+def shared_batch_app(shared: StarletteBackgroundTasks) -> Starlette:
+    """`GET /add` adds to a batch that outlives requests and sends nothing; `GET /send` returns a
+    response that runs it."""
+
+    async def add(request: Request) -> Response:
+        shared.add_task(sync_job, "shared")
+        return PlainTextResponse("added")
+
+    async def send(request: Request) -> Response:
+        return PlainTextResponse("sent", background=shared)
+
+    return Starlette(routes=[Route("/add", add), Route("/send", send)])
+
+
+def test_a_task_dropped_by_one_response_and_run_by_a_later_one_ran(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    shared = StarletteBackgroundTasks()
+    with TestClient(shared_batch_app(shared)) as client:
+        client.get("/add")
+        (record,) = bgtasks.tasks
+        assert record.status is TaskStatus.DROPPED
+        assert bgtasks._verdict()[0] != []  # dropped, for now
+        client.get("/send")
+
+    assert (record.status, record.reason) == (TaskStatus.RAN, None)
+    assert record.request == TaskRequest("GET", "/add")
+    assert apps.ran == [("sync_job", "shared")]
+    assert bgtasks._verdict() == ([], [])
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")  # the failed task ran again: reported apart
+@pytest.mark.parametrize("failure", ["real", "simulated"])
+def test_a_task_stopped_by_a_failure_runs_when_its_batch_runs_again(
+    bgtasks: BackgroundTaskCapture, failure: str
+) -> None:
+    failures = [ZeroDivisionError("once")] if failure == "real" else []
+
+    def flaky() -> None:
+        if failures:
+            raise failures.pop()
+
+    if failure == "simulated":
+        bgtasks.fail(flaky, times=1)
+    shared = StarletteBackgroundTasks()
+    shared.add_task(flaky)
+    shared.add_task(sync_job, "after")
+
+    async def send(request: Request) -> Response:
+        return PlainTextResponse("sent", background=shared)
+
+    with TestClient(Starlette(routes=[Route("/send", send)])) as client:
+        if failure == "real":
+            with pytest.raises(ZeroDivisionError):
+                client.get("/send")
+        else:
+            client.get("/send")
+        first, after = bgtasks.tasks
+        assert (first.status, after.status) == (TaskStatus.FAILED, TaskStatus.NOT_RUN)
+        client.get("/send")
+
+    first, after, again = bgtasks.tasks
+    assert first.status is TaskStatus.FAILED
+    assert (after.status, after.reason, after.problem) == (TaskStatus.RAN, None, None)
+    assert (again.func, again.status) == (flaky, TaskStatus.RAN)
+    assert again.problem == (
+        "this BackgroundTask object already ran as #0 (flaky() [failed]): "
+        "a response object reused across requests runs its tasks again"
+    )
+    assert apps.ran == [("sync_job", "after")]
+
+
 def test_an_http_exception_after_add_task_drops_without_complaint(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
