@@ -383,7 +383,6 @@ class BackgroundTaskCapture(TaskLog):
             # requests): this one runs it after all.
             record.status = TaskStatus.PENDING
             record._more().reason = None
-            record._details.excused = False
         rule = self._rule_for(record)
         action = rule.action if rule is not None else self._mode
         if action == "defer":
@@ -464,9 +463,8 @@ class BackgroundTaskCapture(TaskLog):
         if batch is None:
             return []
         tasks = list(batch.tasks)
-        position = next((i for i, item in enumerate(tasks) if item is record._task), None)
-        if position is None:
-            return []
+        # Both ways of finding the batch look for one that holds the task.
+        position = next(i for i, item in enumerate(tasks) if item is record._task)
         stopped: list[TaskRecord] = []
         for item in tasks[position + 1 :]:
             later = recorder.record(item)

@@ -377,6 +377,8 @@ def test_a_task_dropped_by_one_response_and_run_by_a_later_one_ran(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
     shared = StarletteBackgroundTasks()
+    seen_while_running: list[TaskStatus] = []
+    bgtasks.replace(sync_job, lambda value: seen_while_running.append(record.status))
     with TestClient(shared_batch_app(shared)) as client:
         client.get("/add")
         (record,) = bgtasks.tasks
@@ -384,9 +386,9 @@ def test_a_task_dropped_by_one_response_and_run_by_a_later_one_ran(
         assert bgtasks._verdict()[0] != []  # dropped, for now
         client.get("/send")
 
+    assert seen_while_running == [TaskStatus.PENDING]
     assert (record.status, record.reason) == (TaskStatus.RAN, None)
     assert record.request == TaskRequest("GET", "/add")
-    assert apps.ran == [("sync_job", "shared")]
     assert bgtasks._verdict() == ([], [])
 
 
@@ -616,13 +618,27 @@ MADE_BEFORE = BackgroundTask(sync_job, "made before the capture")
 FAILING_MADE_BEFORE = BackgroundTask(boom, "first")
 
 
+@pytest.mark.bgtasks(on_dropped="ignore")  # the batch beside the one sent is dropped
 @pytest.mark.parametrize(
-    "how", ["batch-from-a-list", "alone", "alone-made-before-the-capture", "moved-out-of-its-batch"]
+    "how",
+    [
+        "batch-from-a-list",
+        "batch-beside-another",
+        "alone",
+        "alone-made-before-the-capture",
+        "moved-out-of-its-batch",
+    ],
 )
 def test_a_failing_task_stops_the_rest_of_its_response(
     bgtasks: BackgroundTaskCapture, how: str
 ) -> None:
     async def work(request: Request) -> Response:
+        if how == "batch-beside-another":  # the batch made last is not the one that failed
+            sent = StarletteBackgroundTasks()
+            sent.add_task(boom, "first")
+            sent.add_task(sync_job, "third")
+            StarletteBackgroundTasks().add_task(sync_job, "never sent")
+            return PlainTextResponse("ok", background=sent)
         if how == "batch-from-a-list":  # a task made before the capture in between
             made = [BackgroundTask(boom, "first"), MADE_BEFORE, BackgroundTask(sync_job, "third")]
             return PlainTextResponse("ok", background=StarletteBackgroundTasks(made))
@@ -642,7 +658,11 @@ def test_a_failing_task_stops_the_rest_of_its_response(
 
     failed, *rest = bgtasks.tasks
     assert failed.status is TaskStatus.FAILED
-    if how == "batch-from-a-list":
+    if how == "batch-beside-another":
+        third, never_sent = rest
+        assert never_sent.status is TaskStatus.DROPPED
+        rest = [third]
+    if how in ("batch-from-a-list", "batch-beside-another"):
         (third,) = rest
         assert third.status is TaskStatus.NOT_RUN
         assert third.reason == (

@@ -4,6 +4,7 @@ inert when nothing captures."""
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -167,6 +168,19 @@ def test_a_recorder_of_its_own_records_and_lets_go(pristine: Any) -> None:
     (record,) = capture.tasks
     assert record.status is TaskStatus.RAN
     assert (recorder.logs, recorder.records, recorder.by_task) == ([], [], {})
+
+
+def test_a_coroutine_object_that_never_ran_is_closed_when_the_capture_ends(
+    pristine: Any,
+) -> None:
+    with BackgroundTaskCapture() as capture:
+        batch = BackgroundTasks()
+        batch.add_task(apps.async_job("never sent"))  # type: ignore[arg-type]
+        (record,) = capture.tasks
+        assert inspect.getcoroutinestate(record.func) == inspect.CORO_CREATED  # type: ignore[arg-type]
+    # Nothing will ever await it: closed, so Python does not warn "never awaited" in some later
+    # test when it is collected.
+    assert inspect.getcoroutinestate(record.func) == inspect.CORO_CLOSED  # type: ignore[arg-type]
 
 
 def test_the_public_names_load_from_their_modules() -> None:

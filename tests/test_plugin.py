@@ -440,12 +440,10 @@ def test_a_task_that_returned_a_coroutine_fails_the_test(pytester: pytest.Pytest
                 background_tasks.add_task(lambda: notify("ops"))  # lambda
                 return {}
 
-        @pytest.mark.filterwarnings("ignore:coroutine 'notify' was never awaited")
         def test_notify(app, bg_client):
             add_route(app)
             assert bg_client.post("/notify").status_code == 200
 
-        @pytest.mark.filterwarnings("ignore:coroutine 'notify' was never awaited")
         @pytest.mark.bgtasks(allow_failures=True)
         def test_allowed(app, bg_client, bgtasks):
             add_route(app)
@@ -453,7 +451,7 @@ def test_a_task_that_returned_a_coroutine_fails_the_test(pytester: pytest.Pytest
             assert bgtasks.failed[0].problem.startswith("<lambda> is a sync callable")
         """,
     )
-    result = pytester.runpytest()
+    result = pytester.runpytest("-W", "error")  # the plugin closes the coroutine it reports
     result.assert_outcomes(passed=2, errors=1)
     lines = (pytester.path / "test_it.py").read_text().splitlines()
     (line,) = [n for n, text in enumerate(lines, start=1) if "# lambda" in text]
