@@ -451,7 +451,7 @@ def test_a_task_that_returned_a_coroutine_fails_the_test(pytester: pytest.Pytest
             assert bgtasks.failed[0].problem.startswith("<lambda> is a sync callable")
         """,
     )
-    result = pytester.runpytest("-W", "error")  # the plugin closes the coroutine it reports
+    result = pytester.runpytest("-W", "error::RuntimeWarning")  # the plugin closes the coroutine
     result.assert_outcomes(passed=2, errors=1)
     lines = (pytester.path / "test_it.py").read_text().splitlines()
     (line,) = [n for n, text in enumerate(lines, start=1) if "# lambda" in text]
