@@ -30,7 +30,8 @@ import pytest_bgtasks
 COPY = str(Path(pytest_bgtasks.__file__).resolve().parent.parent)
 """The directory the mutated package is imported from: mutmut's `mutants/`."""
 
-mutmut.mutation.trampoline.__tracebackhide__ = True  # type: ignore[attr-defined]
+# pytest also reads __tracebackhide__ from a frame's globals: the trampoline's frames are hidden.
+mutmut.mutation.trampoline.__tracebackhide__ = True  # type: ignore[attr-defined]  # not declared there
 
 
 @pytest.fixture(autouse=True)

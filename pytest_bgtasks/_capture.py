@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 import inspect
 import sys
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -699,7 +699,8 @@ def _check_mode(mode: object) -> Mode:
 
 # -- event loops -------------------------------------------------------------------------------
 
-_Resume = Callable[[Callable[[], Awaitable[list[TaskRecord]]]], "list[TaskRecord] | None"]
+_Job = Callable[[], Coroutine[Any, Any, "list[TaskRecord]"]]
+_Resume = Callable[[_Job], "list[TaskRecord] | None"]
 """Runs a coroutine function on the event loop a task was deferred on, from another thread;
 None when that loop is gone."""
 
@@ -728,11 +729,11 @@ def _current_loop() -> _Resume | None:
     if loop is not None:
 
         def resume_asyncio(
-            func: Callable[[], Awaitable[list[TaskRecord]]],
+            func: _Job,
         ) -> list[TaskRecord] | None:
             if loop.is_closed() or not loop.is_running():
                 return None
-            return asyncio.run_coroutine_threadsafe(func(), loop).result()  # type: ignore[arg-type]
+            return asyncio.run_coroutine_threadsafe(func(), loop).result()
 
         return resume_asyncio
     trio = sys.modules.get("trio")
@@ -743,7 +744,7 @@ def _current_loop() -> _Resume | None:
     except RuntimeError:
         return None
 
-    def resume_trio(func: Callable[[], Awaitable[list[TaskRecord]]]) -> list[TaskRecord] | None:
+    def resume_trio(func: _Job) -> list[TaskRecord] | None:
         try:
             result: list[TaskRecord] = trio.from_thread.run(func, trio_token=token)
         except trio.RunFinishedError:

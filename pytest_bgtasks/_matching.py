@@ -62,13 +62,13 @@ def expected_task(target: object, caller: str) -> ExpectedTask:
 
 
 def call_shape(
-    func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """The call as Starlette will make it: a `functools.partial` becomes its function,
     its own arguments first. The result shares `args` and `kwargs` when there is no partial:
     do not change them."""
     if not isinstance(func, functools.partial):
-        return func, args, kwargs  # type: ignore[return-value]
+        return func, args, kwargs
     kwargs = dict(kwargs)
     while isinstance(func, functools.partial):
         args = func.args + args
@@ -93,7 +93,7 @@ def callable_name(func: object) -> str:
     return _truncate(repr(func))
 
 
-def format_call(func: object, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+def format_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """The call as source: `send_welcome_email('a@b.com', subject='Hi')`."""
     func, args, kwargs = call_shape(func, args, kwargs)
     return f"{callable_name(func)}({', '.join(_format_arguments(args, kwargs))})"

@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 try:  # Starlette >= 0.28
     from starlette import _exception_handler as _handler_module
 except ImportError:  # pragma: no cover - Starlette 0.27
-    _handler_module = None  # type: ignore[assignment]
+    _handler_module = None  # type: ignore[assignment]  # the module is missing there
 from starlette.middleware import exceptions as _exceptions_middleware
 
 if TYPE_CHECKING:
@@ -253,13 +253,13 @@ def uninstall() -> None:
 def calling_batch(task: Any) -> Any:
     """The `BackgroundTasks` whose `__call__` (Starlette's, or FastAPI's) is running `task` now,
     found up the stack: the batch of a task whose batch was made before the capture started."""
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "__call__":
             batch = frame.f_locals.get("self")
             if isinstance(batch, BackgroundTasks) and any(item is task for item in batch.tasks):
                 return batch
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return None
 
 
@@ -319,7 +319,7 @@ _in_framework: dict[types.CodeType, bool] = {}
 def _call_site() -> Site | None:  # pragma: no mutate block
     """Where the task being created comes from: the code and instruction of the app that created
     it, outside Starlette and FastAPI."""
-    frame = sys._getframe(2)  # what called BackgroundTask(...)
+    frame: types.FrameType | None = sys._getframe(2)  # what called BackgroundTask(...)
     while frame is not None:
         code = frame.f_code
         inside = _in_framework.get(code)
@@ -332,7 +332,7 @@ def _call_site() -> Site | None:  # pragma: no mutate block
             if site is None:  # the first task from this line: the tuple keeps `code` alive
                 site = _sites[id(code), offset] = (code, offset)
             return site
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return None  # pragma: no cover - the test itself is always on the stack
 
 

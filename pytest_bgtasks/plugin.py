@@ -235,7 +235,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
     from ._capture import BackgroundTaskCapture
 
     settings = _settings_for(request.node)
-    capture = BackgroundTaskCapture(mode=settings.mode)  # type: ignore[arg-type]
+    capture = BackgroundTaskCapture(mode=settings.mode)  # type: ignore[arg-type]  # one of MODES
     _first_use(request.config)
     capture.start()
     request.node.stash[_CAPTURE] = capture
@@ -246,7 +246,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
     if _test_failed(request.node):
         return
     errors, warns = capture._verdict(
-        on_dropped=settings.on_dropped,  # type: ignore[arg-type]
+        on_dropped=settings.on_dropped,  # type: ignore[arg-type]  # one of ON_DROPPED
         allow_failures=settings.allow_failures,
         assert_all_run=settings.assert_all_run,
     )

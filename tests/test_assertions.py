@@ -530,7 +530,7 @@ def test_raw_comparison_names_keyword_differences(bgtasks: BackgroundTaskCapture
         bgtasks.assert_task_added(dict, ["a"], x=2, y=2)
     assert str(failure.value).endswith("\nClosest: dict: kwarg 'x' expected 2, got 1")
     with pytest.raises(AssertionError, match=r"Closest: dict: unexpected kwarg 'y'=2$"):
-        bgtasks.assert_task_added(dict, ["a"], x=1)  # type: ignore[arg-type]
+        bgtasks.assert_task_added(dict, ["a"], x=1)
 
 
 def test_unhashable_and_touchy_callables_still_match(bgtasks: BackgroundTaskCapture) -> None:
