@@ -728,9 +728,7 @@ def _current_loop() -> _Resume | None:
         loop = None
     if loop is not None:
 
-        def resume_asyncio(
-            func: _Job,
-        ) -> list[TaskRecord] | None:
+        def resume_asyncio(func: _Job) -> list[TaskRecord] | None:
             if loop.is_closed() or not loop.is_running():
                 return None
             return asyncio.run_coroutine_threadsafe(func(), loop).result()

@@ -250,10 +250,9 @@ def _why_not_carried(record: TaskRecord, scope: RequestScope) -> str:
             "it was added to its BackgroundTasks after the response had run them "
             "(in the exit code of a dependency with yield?)"
         )
-    others = [other for other in started if batch is None or recorder.batch_of(other) is not batch]
-    if others:
+    if started:  # none of them from its batch
         return (
-            f"the response carried {others[0].call} instead; an endpoint that returns a "
+            f"the response carried {started[0].call} instead; an endpoint that returns a "
             "response with its own `background` replaces the injected BackgroundTasks"
         )
     return (
