@@ -12,6 +12,8 @@ import asyncio
 import concurrent.futures
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Literal
 
 import anyio
 import httpx
@@ -36,7 +38,7 @@ async def async_task(request_id: int, n: int) -> None:
     apps.ran.append(("async_task", (request_id, n)))
 
 
-def task_for(n: int) -> object:
+def task_for(n: int) -> Callable[[int, int], object]:
     return sync_task if n % 2 == 0 else async_task
 
 
@@ -48,14 +50,14 @@ def load_app() -> FastAPI:
     @app.post("/def/{request_id}")
     def sync_endpoint(request_id: int, background_tasks: BackgroundTasks) -> dict[str, int]:
         for n in range(TASKS_PER_REQUEST):
-            background_tasks.add_task(task_for(n), request_id, n)  # type: ignore[arg-type]
+            background_tasks.add_task(task_for(n), request_id, n)
             time.sleep(0)
         return {"id": request_id}
 
     @app.post("/async-def/{request_id}")
     async def async_endpoint(request_id: int, background_tasks: BackgroundTasks) -> dict[str, int]:
         for n in range(TASKS_PER_REQUEST):
-            background_tasks.add_task(task_for(n), request_id, n)  # type: ignore[arg-type]
+            background_tasks.add_task(task_for(n), request_id, n)
             await asyncio.sleep(0)
         return {"id": request_id}
 
@@ -107,7 +109,7 @@ def assert_ran_held_tasks(bgtasks: BackgroundTaskCapture, ran: list[TaskRecord])
 
 def assert_every_task_ran_once() -> None:
     assert sorted(apps.ran) == sorted(
-        (task_for(n).__name__, (request_id, n))  # type: ignore[attr-defined]
+        (task_for(n).__name__, (request_id, n))
         for request_id in range(REQUESTS)
         for n in range(TASKS_PER_REQUEST)
     )
@@ -116,9 +118,9 @@ def assert_every_task_ran_once() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["run", "defer"])
 async def test_concurrent_requests_through_async_client(
-    bgtasks: BackgroundTaskCapture, mode: str
+    bgtasks: BackgroundTaskCapture, mode: Literal["run", "defer"]
 ) -> None:
-    bgtasks.mode = mode  # type: ignore[assignment]
+    bgtasks.mode = mode
     transport = httpx.ASGITransport(app=load_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         responses = await asyncio.gather(*(client.post(path(n)) for n in range(REQUESTS)))
@@ -134,8 +136,10 @@ async def test_concurrent_requests_through_async_client(
 
 
 @pytest.mark.parametrize("mode", ["run", "defer"])
-def test_one_test_client_from_eight_threads(bgtasks: BackgroundTaskCapture, mode: str) -> None:
-    bgtasks.mode = mode  # type: ignore[assignment]
+def test_one_test_client_from_eight_threads(
+    bgtasks: BackgroundTaskCapture, mode: Literal["run", "defer"]
+) -> None:
+    bgtasks.mode = mode
     with TestClient(load_app()) as client:
         with concurrent.futures.ThreadPoolExecutor(max_workers=THREADS) as pool:
             responses = list(pool.map(lambda n: client.post(path(n)), range(REQUESTS)))

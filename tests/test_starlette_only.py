@@ -4,6 +4,9 @@ that need no FastAPI, are the suite; everywhere else they run beside the rest.""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import pytest
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask, BackgroundTasks
@@ -18,28 +21,28 @@ from apps import async_job, boom, sync_job
 from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus, assert_task_ran
 
 
-def one_route(endpoint: object, path: str = "/work") -> Starlette:
-    return Starlette(routes=[Route(path, endpoint, methods=["POST"])])  # type: ignore[arg-type]
+def one_route(endpoint: Callable[[Request], Awaitable[Response]], path: str = "/work") -> Starlette:
+    return Starlette(routes=[Route(path, endpoint, methods=["POST"])])
 
 
-def post(app: Starlette, path: str = "/work", **client: object) -> int:
-    with TestClient(app, **client) as test_client:  # type: ignore[arg-type]
+def post(app: Starlette, path: str = "/work", **client: Any) -> int:
+    with TestClient(app, **client) as test_client:
         return test_client.post(path).status_code
 
 
 @pytest.mark.parametrize("func", [sync_job, async_job], ids=["def", "async-def"])
 @pytest.mark.parametrize("way", ["response", "batch", "batch_from_list"])
 def test_each_way_a_starlette_endpoint_schedules_is_recorded(
-    bgtasks: BackgroundTaskCapture, way: str, func: object
+    bgtasks: BackgroundTaskCapture, way: str, func: Callable[[str], object]
 ) -> None:
     async def work(request: Request) -> Response:
         if way == "response":
-            background: BackgroundTask = BackgroundTask(func, "x")  # type: ignore[arg-type]
+            background: BackgroundTask = BackgroundTask(func, "x")
         elif way == "batch":
             background = BackgroundTasks()
-            background.add_task(func, "x")  # type: ignore[arg-type]
+            background.add_task(func, "x")
         else:
-            background = BackgroundTasks([BackgroundTask(func, "x")])  # type: ignore[arg-type]
+            background = BackgroundTasks([BackgroundTask(func, "x")])
         return PlainTextResponse("ok", background=background)
 
     assert post(one_route(work)) == 200
