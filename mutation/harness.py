@@ -55,6 +55,9 @@ def pytest_runtest_teardown() -> None:
 def _trampolines_are_library_frames() -> None:
     # Once the core is imported (not before: a session that never uses the plugin imports
     # nothing of it, and a test checks that).
-    core: Any = sys.modules.get("pytest_bgtasks._starlette")
-    if core is not None and "mutmut." not in core._LIBRARY_MODULES:
-        core._LIBRARY_MODULES = (*core._LIBRARY_MODULES, "mutmut.")
+    findings: Any = sys.modules.get("pytest_bgtasks._findings")
+    if findings is not None and "mutmut." not in findings.LIBRARY_MODULES:
+        findings.LIBRARY_MODULES = (*findings.LIBRARY_MODULES, "mutmut.")
+    source: Any = sys.modules.get("pytest_bgtasks.sources.starlette")
+    if source is not None and "mutmut." not in source._FRAMEWORK:
+        source._FRAMEWORK = (*source._FRAMEWORK, "mutmut.")

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
         assert_task_ran,
         assert_tasks_in_order,
     )
+    from ._lifecycle import TaskRecord, TaskRequest, TaskStatus
     from ._matching import ExpectedTask, task
-    from ._records import TaskRecord, TaskRequest, TaskStatus
     from .plugin import BackgroundTaskWarning
 
 __all__ = (
@@ -47,9 +47,9 @@ __all__ = (
 _HOMES = {
     "ExpectedTask": "_matching",
     "task": "_matching",
-    "TaskRecord": "_records",
-    "TaskRequest": "_records",
-    "TaskStatus": "_records",
+    "TaskRecord": "_lifecycle",
+    "TaskRequest": "_lifecycle",
+    "TaskStatus": "_lifecycle",
     "BackgroundTaskWarning": "plugin",
 }
 

@@ -1,30 +1,46 @@
-"""Expected task calls (`task(...)`) and how they match what an app scheduled."""
+"""Expected task calls (`task(...)`) and how they match what an app scheduled.
+
+A target is a function (any call of it), `task(func, *args, **kwargs)` (only matching calls),
+or a name (`"send_welcome_email"`: tasks whose function has that name). `Matcher` compiles one
+target for scanning many records: the expected call is bound to the signature once, and once
+more for each shape of call it meets (how many positional arguments, which keywords), never
+once per record.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
 _MAX_ARG_REPR = 200
+_partial = functools.partial
 
 
 class ExpectedTask:
     """An expected background task call, built by `task(func, *args, **kwargs)`.
 
     With no arguments it matches any call of `func`; with arguments, the call's arguments
-    must all match after both sides are bound to `func`'s signature.
+    must all match after both sides are bound to `func`'s signature. `func` may be a name.
     """
 
     __slots__ = ("any_args", "args", "func", "kwargs")
 
-    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+    func: Callable[..., Any] | str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    any_args: bool
+
+    def __init__(
+        self, func: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         self.func, self.args, self.kwargs = call_shape(func, args, kwargs)
         self.any_args = not self.args and not self.kwargs
 
     def __repr__(self) -> str:
-        parts = [callable_name(self.func), *_format_arguments(self.args, self.kwargs)]
+        shown = repr(self.func) if isinstance(self.func, str) else callable_name(self.func)
+        parts = [shown, *_format_arguments(self.args, self.kwargs)]
         return f"task({', '.join(parts)})"
 
     def __eq__(self, other: object) -> bool:
@@ -38,26 +54,96 @@ class ExpectedTask:
     def call(self) -> str:
         """The expected call as source; `f(...)` when any arguments match."""
         if self.any_args:
-            return f"{callable_name(self.func)}(...)"
-        return format_call(self.func, self.args, self.kwargs)
+            return f"{target_name(self.func)}(...)"
+        return f"{target_name(self.func)}({', '.join(_format_arguments(self.args, self.kwargs))})"
 
 
-def task(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ExpectedTask:
-    """An expected task call, like `unittest.mock.call`: `task(send_welcome_email, "a@b.com")`."""
-    if isinstance(func, ExpectedTask) or not callable(func):
-        raise TypeError(f"task() expects the task function first, got {_describe_value(func)}.")
-    return ExpectedTask(func, args, kwargs)
+Target: TypeAlias = "Callable[..., Any] | ExpectedTask | str"
+"""What assertions and rules take: a task function, `task(...)`, or a task's name."""
+
+
+def task(func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> ExpectedTask:
+    """An expected task call, like `unittest.mock.call`: `task(send_welcome_email, "a@b.com")`.
+
+    `func` is the task function, or its name (`task("send_welcome_email", "a@b.com")`) for a
+    task a test cannot import, such as a function defined inside the endpoint.
+    """
+    if isinstance(func, ExpectedTask) or not (callable(func) or isinstance(func, str)):
+        raise TypeError(
+            f"task() expects the task function or its name first, got {describe_value(func)}."
+        )
+    expected = ExpectedTask(func, args, kwargs)
+    check_fits(expected, "task()")
+    return expected
 
 
 def expected_task(target: object, caller: str) -> ExpectedTask:
-    """A task function or `task(...)` as an `ExpectedTask`, or a TypeError naming `caller`."""
+    """A target (function, name or `task(...)`) as an `ExpectedTask`, or a TypeError that
+    names `caller`."""
     if isinstance(target, ExpectedTask):
         return target
-    if callable(target):
+    if callable(target) or isinstance(target, str):
         return ExpectedTask(target, (), {})
     raise TypeError(
-        f"{caller} expects a task function or task(func, *args, **kwargs), "
-        f"got {_describe_value(target)}."
+        f"{caller} expects a task function, its name, or task(func, *args, **kwargs), "
+        f"got {describe_value(target)}."
+    )
+
+
+def expected_call(
+    caller: str, target: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> ExpectedTask:
+    """The `target, *args, **kwargs` of an assertion as one expected call."""
+    if isinstance(target, ExpectedTask):
+        if args or kwargs:
+            raise TypeError(f"{caller} takes either task(...) or a function and its arguments.")
+        return target
+    expected = expected_task(target, caller)
+    if args or kwargs:
+        expected = ExpectedTask(target, args, kwargs)  # type: ignore[arg-type]  # checked above
+        check_fits(expected, caller)
+    return expected
+
+
+def check_fits(expected: ExpectedTask, caller: str) -> None:
+    """A TypeError when the expected arguments cannot be a call of the function: such a target
+    would never match anything, silently."""
+    if expected.any_args or isinstance(expected.func, str):
+        return
+    problem = binding_problem(expected.func, expected.args, expected.kwargs)
+    if problem is not None:
+        raise TypeError(f"{caller}: {expected.call} {problem}")
+
+
+def binding_problem(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Why `func(*args, **kwargs)` cannot be a call of `func`, with what to do; None when it
+    can (or when `func` has no signature to tell)."""
+    signature = _signature(func)
+    if signature is None:
+        return None
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        shown = f"{target_name(func)}{_plain(signature)}"
+        unknown = [name for name in kwargs if name not in signature.parameters]
+        if unknown and not _takes_any_keyword(signature):
+            names = ", ".join(repr(name) for name in unknown)
+            return f"does not fit {shown}: no parameter named {names}."
+        hint = ""
+        if "missing" in str(exc):
+            hint = " To match any value of an argument, pass unittest.mock.ANY for it."
+        return f"does not fit {shown}: {exc}.{hint}"
+    return None
+
+
+def _takes_any_keyword(signature: inspect.Signature) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def _plain(signature: inspect.Signature) -> inspect.Signature:
+    return signature.replace(
+        parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+        return_annotation=signature.empty,
     )
 
 
@@ -67,10 +153,10 @@ def call_shape(
     """The call as Starlette will make it: a `functools.partial` becomes its function,
     its own arguments first. The result shares `args` and `kwargs` when there is no partial:
     do not change them."""
-    if not isinstance(func, functools.partial):
+    if type(func) is not _partial and not isinstance(func, _partial):
         return func, args, kwargs
     kwargs = dict(kwargs)
-    while isinstance(func, functools.partial):
+    while isinstance(func, _partial):
         args = func.args + args
         kwargs = {**func.keywords, **kwargs}
         func = func.func
@@ -79,7 +165,7 @@ def call_shape(
 
 def callable_name(func: object) -> str:
     """A short readable name: `send_welcome_email`, `Mailer.send`, `Notifier.__call__`."""
-    while isinstance(func, functools.partial):
+    while isinstance(func, _partial):
         func = func.func
     if inspect.iscoroutine(func):
         return f"<coroutine object {_short(func.__qualname__)}>"
@@ -90,13 +176,256 @@ def callable_name(func: object) -> str:
         return _short(qualname)
     if callable(func):
         return f"{_short(type(func).__qualname__)}.__call__"
-    return _truncate(repr(func))
+    return truncate(repr(func))
 
 
-def format_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def target_name(target: object) -> str:
+    """A target as messages show it: a name as it is, a function by `callable_name`."""
+    return target if isinstance(target, str) else callable_name(target)
+
+
+def format_call(func: object, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     """The call as source: `send_welcome_email('a@b.com', subject='Hi')`."""
-    func, args, kwargs = call_shape(func, args, kwargs)
+    func, args, kwargs = call_shape(func, args, dict(kwargs))
     return f"{callable_name(func)}({', '.join(_format_arguments(args, kwargs))})"
+
+
+def equal(expected: Any, actual: Any) -> bool:
+    """`expected == actual`, the expected value on the left so that `unittest.mock.ANY` and
+    dirty-equals matchers decide; the same object is equal to itself (NaN too), as in a tuple
+    or a dict; an `__eq__` that raises means not equal."""
+    if expected is actual:
+        return True
+    try:
+        return bool(expected == actual)
+    except Exception:
+        return False
+
+
+class Call(Protocol):
+    """What a matcher reads of a record."""
+
+    @property
+    def func(self) -> Any: ...
+
+    @property
+    def args(self) -> tuple[Any, ...]: ...
+
+    @property
+    def kwargs(self) -> dict[str, Any]: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+_C = TypeVar("_C", bound=Call)
+
+_NO_MATCH = object()
+"""A call shape that no call of the expected arguments can take."""
+
+
+class Binding:
+    """The signature that a call's arguments bind to: `function`'s, without its first
+    parameter when the call is a bound method of it (`Mailer().send` for `Mailer.send`)."""
+
+    __slots__ = ("function", "layouts", "without_self")
+
+    def __init__(self, function: Any, without_self: bool) -> None:
+        self.function = function
+        self.without_self = without_self
+        self.layouts: dict[object, Any] = {}
+        """The expected arguments laid out in each call shape met."""
+
+    def signature(self) -> inspect.Signature | None:
+        signature = _signature(self.function)
+        if signature is not None and self.without_self:
+            signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+        return signature
+
+
+def binding_of(func: Any) -> tuple[Any, bool]:
+    """The function whose signature a call of `func` binds to, and whether without `self`."""
+    if inspect.ismethod(func):
+        return func.__func__, True
+    return func, False
+
+
+class Matcher:
+    """One target, compiled to test many calls quickly."""
+
+    __slots__ = ("_bindings", "_own", "_target", "any_args", "expected")
+
+    def __init__(self, expected: ExpectedTask) -> None:
+        self.expected = expected
+        self.any_args = expected.any_args
+        self._target = expected.func
+        self._own = Binding(expected.func, False)
+        self._bindings: dict[tuple[int, bool], Binding] = {}
+        """The other signatures met: methods of the target, functions a name matched."""
+
+    def __call__(self, call: Call) -> bool:
+        func, args, kwargs = call.func, call.args, call.kwargs
+        if type(func) is _partial:
+            func, args, kwargs = call_shape(func, args, kwargs)
+        binding = self.binding(func, call.name)
+        if binding is None:
+            return False
+        return self.any_args or self._arguments_match(binding, args, kwargs)
+
+    def select(self, calls: Iterable[_C]) -> list[_C]:
+        return [call for call in calls if self(call)]
+
+    def first(self, calls: Iterable[_C]) -> _C | None:
+        """The first of `calls` that matches, or None."""
+        target = self._target
+        if self.any_args:
+            for call in calls:
+                if call.func is target or self(call):
+                    return call
+            return None
+        for call in calls:
+            if self(call):
+                return call
+        return None
+
+    def binding(self, func: Any, name: str) -> Binding | None:
+        """How a call of `func` binds when it is a call of the target: to the target's
+        signature, to the signature of the function of a method the target names by its
+        class (`Mailer.send` for `Mailer().send`, without `self`), or for a name target, to the
+        call's own function; None when `func` is not the target."""
+        target = self._target
+        if func is target:
+            return self._own
+        if isinstance(target, str):
+            if not names_match(target, name, func):
+                return None
+            return self._binding(*binding_of(func))
+        if same_function(target, func):
+            return self._own
+        if inspect.ismethod(func) and func.__func__ is target:
+            return self._binding(target, True)
+        return None
+
+    def _binding(self, function: Any, without_self: bool) -> Binding:
+        key = (id(function), without_self)
+        binding = self._bindings.get(key)
+        if binding is None or binding.function is not function:
+            binding = self._bindings[key] = Binding(function, without_self)
+        return binding
+
+    def _arguments_match(
+        self, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool:
+        expected = self.expected
+        if (
+            binding is self._own
+            and len(expected.args) == len(args)
+            and expected.kwargs.keys() == kwargs.keys()
+        ):
+            # Same shape: binding both to the signature would pair the same values.
+            return _equal_args(expected.args, args) and _equal_kwargs(expected.kwargs, kwargs)
+        key = len(args) if not kwargs else (len(args), *kwargs)
+        layout = binding.layouts.get(key)
+        if layout is None:
+            layout = binding.layouts[key] = _lay_out(expected, binding, len(args), tuple(kwargs))
+        if layout is _NO_MATCH:
+            return False
+        want_args, want_kwargs = layout
+        return _equal_args(want_args, args) and _equal_kwargs(want_kwargs, kwargs)
+
+
+def names_match(target: str, name: str, func: Any) -> bool:
+    """A name target matches a task's name (`Mailer.send`), its last part (`send`), or its
+    function's `__name__`."""
+    if target == name or name.endswith(f".{target}"):
+        return True
+    return getattr(func, "__name__", None) == target
+
+
+def _equal_args(want: tuple[Any, ...], got: tuple[Any, ...]) -> bool:
+    try:
+        return bool(want == got)  # element by element, identity first, expected on the left
+    except Exception:
+        return len(want) == len(got) and all(map(equal, want, got))
+
+
+def _equal_kwargs(want: dict[str, Any], got: dict[str, Any]) -> bool:
+    if not want and not got:
+        return True
+    try:
+        return bool(want == got)
+    except Exception:
+        return want.keys() == got.keys() and all(equal(v, got[k]) for k, v in want.items())
+
+
+class _Slot:
+    """Stands for one argument of a call shape while it is bound to the signature."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: int | str) -> None:
+        self.key = key
+
+
+def _is_slot(value: object) -> bool:
+    return isinstance(value, _Slot)
+
+
+def _lay_out(
+    expected: ExpectedTask, binding: Binding, positional: int, keywords: tuple[str, ...]
+) -> Any:
+    """The expected arguments laid out as a call with `positional` arguments and `keywords`:
+    `(args, kwargs)` to compare as they are, or `_NO_MATCH` when no call of that shape can match
+    (it does not bind, or a parameter it leaves to its default is expected otherwise)."""
+    signature = binding.signature()
+    if signature is None:
+        return _NO_MATCH
+    want = _bind(signature, expected.args, expected.kwargs)
+    got = _bind(
+        signature,
+        tuple(_Slot(i) for i in range(positional)),
+        {name: _Slot(name) for name in keywords},
+    )
+    if want is None or got is None:
+        return _NO_MATCH
+    laid_args: list[Any] = [None] * positional
+    laid_kwargs: dict[str, Any] = {}
+    for name, value in got.items():
+        pairs = _slots_and_values(value, want[name])
+        if pairs is None:
+            return _NO_MATCH
+        for slot, wanted in pairs:
+            if isinstance(slot.key, int):
+                laid_args[slot.key] = wanted
+            else:
+                laid_kwargs[slot.key] = wanted
+    return tuple(laid_args), laid_kwargs
+
+
+def _slots_and_values(value: Any, wanted: Any) -> list[tuple[_Slot, Any]] | None:
+    """Pairs of (argument slot, expected value) for one parameter; None when they cannot
+    match. A parameter that calls of this shape leave to its default must be expected so."""
+    if isinstance(value, _Slot):
+        return [(value, wanted)]
+    if isinstance(value, tuple) and value and isinstance(value[0], _Slot):  # *args
+        given = cast("tuple[_Slot, ...]", value)
+        if not isinstance(wanted, tuple):
+            return None
+        values: tuple[Any, ...] = wanted  # pyright: ignore[reportUnknownVariableType]
+        return list(zip(given, values, strict=True)) if len(values) == len(given) else None
+    if (
+        isinstance(value, dict)
+        and value
+        and _is_slot(next(iter(cast("dict[str, Any]", value).values())))
+    ):
+        named = cast("dict[str, _Slot]", value)
+        if not isinstance(wanted, dict):  # **kwargs
+            return None
+        by_name = cast("dict[str, Any]", wanted)
+        if by_name.keys() != named.keys():
+            return None
+        return [(slot, by_name[key]) for key, slot in named.items()]
+    return [] if equal(wanted, value) else None
 
 
 def same_function(expected: object, actual: object) -> bool:
@@ -105,38 +434,24 @@ def same_function(expected: object, actual: object) -> bool:
     try:
         return bool(expected == actual)
     except Exception:
-        return expected is actual
-
-
-def arguments_match(expected: ExpectedTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether a call of `expected.func` with `args`/`kwargs` (already in call shape) matches."""
-    if expected.any_args:
-        return True
-    if len(expected.args) == len(args) and expected.kwargs.keys() == kwargs.keys():
-        # Same shape: binding both to the signature would pair the same values.
-        return _equal(expected.args, args) and _equal(expected.kwargs, kwargs)
-    bound = _bind_both(expected, args, kwargs)
-    if bound is None:
         return False
-    want, got = bound
-    return all(_equal(value, got[name]) for name, value in want.items())
 
 
-def mismatches(expected: ExpectedTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+def mismatches(
+    expected: ExpectedTask, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[str]:
     """What differs between the expected call (with arguments) and an actual call of the same
     function: one entry per argument, by name when both calls fit the signature."""
-    problem = _binding_problem(expected.func, expected.args, expected.kwargs)
-    if problem is not None:
-        return [f"the expected call does not fit {callable_name(expected.func)}{problem}"]
-    bound = _bind_both(expected, args, kwargs)
-    if bound is None:
+    signature = binding.signature()
+    want = _bind(signature, expected.args, expected.kwargs) if signature is not None else None
+    got = _bind(signature, args, kwargs) if signature is not None else None
+    if want is None or got is None:
         return _raw_mismatches(expected, args, kwargs)
     # Both calls are bound to the same signature with defaults applied: the same names.
-    want, got = bound
     return [
-        f"arg {name!r} expected {_arg_repr(value)}, got {_arg_repr(got[name])}"
+        f"arg {name!r} expected {arg_repr(value)}, got {arg_repr(got[name])}"
         for name, value in want.items()
-        if not _equal(value, got[name])
+        if not equal(value, got[name])
     ]
 
 
@@ -145,73 +460,33 @@ def _raw_mismatches(
 ) -> list[str]:
     found: list[str] = []
     if len(expected.args) != len(args):
-        found.append(f"positional args expected {_arg_repr(expected.args)}, got {_arg_repr(args)}")
+        found.append(f"positional args expected {arg_repr(expected.args)}, got {arg_repr(args)}")
     else:
-        for position, (want, got) in enumerate(zip(expected.args, args, strict=False)):
-            if not _equal(want, got):
-                found.append(f"arg {position} expected {_arg_repr(want)}, got {_arg_repr(got)}")
+        for position, (want, got) in enumerate(zip(expected.args, args, strict=True)):
+            if not equal(want, got):
+                found.append(f"arg {position} expected {arg_repr(want)}, got {arg_repr(got)}")
     for name, want in expected.kwargs.items():
         if name not in kwargs:
-            found.append(f"kwarg {name!r} expected {_arg_repr(want)}, not given")
-        elif not _equal(want, kwargs[name]):
-            found.append(
-                f"kwarg {name!r} expected {_arg_repr(want)}, got {_arg_repr(kwargs[name])}"
-            )
+            found.append(f"kwarg {name!r} expected {arg_repr(want)}, not given")
+        elif not equal(want, kwargs[name]):
+            found.append(f"kwarg {name!r} expected {arg_repr(want)}, got {arg_repr(kwargs[name])}")
     found += [
-        f"unexpected kwarg {name!r}={_arg_repr(value)}"
+        f"unexpected kwarg {name!r}={arg_repr(value)}"
         for name, value in kwargs.items()
         if name not in expected.kwargs
     ]
     return found
 
 
-def _equal(expected: Any, actual: Any) -> bool:
-    # The expected value on the left, so unittest.mock.ANY and dirty-equals matchers decide.
-    # The same object is equal to itself, as in a tuple or a dict (NaN included), so that a
-    # call matches itself however its arguments are passed.
-    if expected is actual:
-        return True
-    try:
-        return bool(expected == actual)
-    except Exception:
-        return False
-
-
-def _bind_both(
-    expected: ExpectedTask, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    want = _bind(expected.func, expected.args, expected.kwargs)
-    got = _bind(expected.func, args, kwargs)
-    if want is None or got is None:
-        return None
-    return want, got
-
-
-def _bind(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    signature = _signature(func)
-    if signature is None:
-        return None
+def _bind(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any] | None:
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError:
         return None
     bound.apply_defaults()
     return dict(bound.arguments)
-
-
-def _binding_problem(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-    signature = _signature(func)
-    if signature is None:
-        return None
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        plain = signature.replace(
-            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
-            return_annotation=signature.empty,
-        )
-        return f"{plain}: {exc}"
-    return None
 
 
 def _signature(func: Any) -> inspect.Signature | None:
@@ -231,21 +506,26 @@ def _uncached_signature(func: Any) -> inspect.Signature | None:
 _cached_signature = functools.lru_cache(maxsize=512)(_uncached_signature)
 
 
+def clear_caches() -> None:
+    """Let go of the signatures looked up (and the functions they keep alive)."""
+    _cached_signature.cache_clear()
+
+
 def _format_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[str]:
-    return [_arg_repr(value) for value in args] + [
-        f"{name}={_arg_repr(value)}" for name, value in kwargs.items()
+    return [arg_repr(value) for value in args] + [
+        f"{name}={arg_repr(value)}" for name, value in kwargs.items()
     ]
 
 
-def _arg_repr(value: Any) -> str:
+def arg_repr(value: Any) -> str:
     try:
         text = repr(value)
     except Exception as exc:
         text = f"<{type(value).__name__} object; repr() raised {type(exc).__name__}>"
-    return _truncate(text)
+    return truncate(text)
 
 
-def _truncate(text: str) -> str:
+def truncate(text: str) -> str:
     if len(text) <= _MAX_ARG_REPR:
         return text
     return text[: _MAX_ARG_REPR - 3] + "..."
@@ -255,5 +535,5 @@ def _short(qualname: str) -> str:
     return qualname.rpartition("<locals>.")[2]
 
 
-def _describe_value(value: object) -> str:
-    return f"{_arg_repr(value)} ({type(value).__name__})"
+def describe_value(value: object) -> str:
+    return f"{arg_repr(value)} ({type(value).__name__})"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import traceback
 from collections.abc import Sequence
 
+from ._lifecycle import TaskRecord, TaskStatus, display_path
 from ._matching import ExpectedTask
-from ._records import TaskRecord, TaskStatus, display_path
 
 LISTED_AT_MOST = 50
 """Records listed in one message; the rest are counted."""
@@ -117,7 +117,9 @@ def ran_again(records: Sequence[TaskRecord]) -> str:
     )
 
 
-def unseen_failures(records: Sequence[TaskRecord], frames: Sequence[traceback.StackSummary]) -> str:
+def unseen_failures(
+    records: Sequence[TaskRecord], frames: Sequence[traceback.StackSummary], root: str
+) -> str:
     """Tasks that raised where the test could not see it, each with its traceback."""
     n = len(records)
     parts = [
@@ -125,7 +127,7 @@ def unseen_failures(records: Sequence[TaskRecord], frames: Sequence[traceback.St
         "(the client or a middleware hid it):"
     ]
     for record, summary in zip(records, frames, strict=True):
-        parts += [f"- {record.describe()}", _indent(_traceback(record.exception, summary))]
+        parts += [f"- {record.describe()}", _indent(_traceback(record.exception, summary, root))]
     parts.append(
         "If the test expects this, assert it with bgtasks.assert_task_failed(...) and "
         "use @pytest.mark.bgtasks(allow_failures=True)."
@@ -144,11 +146,11 @@ def did_nothing(records: Sequence[TaskRecord]) -> str:
     )
 
 
-def _traceback(exc: BaseException | None, frames: traceback.StackSummary) -> str:
-    """Python's own traceback format, with paths relative to the working directory."""
+def _traceback(exc: BaseException | None, frames: traceback.StackSummary, root: str) -> str:
+    """Python's own traceback format, with paths relative to the rootdir."""
     shown = [
         "".join(traceback.StackSummary.from_list([frame]).format()).replace(
-            f'File "{frame.filename}"', f'File "{display_path(frame.filename)}"', 1
+            f'File "{frame.filename}"', f'File "{display_path(frame.filename, root)}"', 1
         )
         for frame in frames
     ]
@@ -161,6 +163,29 @@ def unrun_deferred(records: Sequence[TaskRecord]) -> str:
     return (
         f"{count(n, 'deferred background task')} {was(n)} never run:\n{bullets(records)}\n"
         "Run them with bgtasks.run_deferred(), or drop assert_all_run=True."
+    )
+
+
+def endless(record: TaskRecord, generation: int) -> str:
+    return (
+        f"bgtasks.run_deferred() stopped: tasks kept scheduling tasks, {generation} generations "
+        f"deep. Next would be:\n- {record.describe()}\n"
+        "A task that schedules itself needs a condition that ends it; pass limit= to run a "
+        "bounded number."
+    )
+
+
+def timed_out(record: TaskRecord, timeout: float | None) -> str:
+    return (
+        f"Deferred task {record.call} ({record.added_at}) did not finish within "
+        f"{timeout:g} seconds."
+    )
+
+
+def no_capture(caller: str) -> str:
+    return (
+        f"{caller} needs an active background task capture: request the `bgtasks` or "
+        "`bg_client` fixture (or mark the test with @pytest.mark.bgtasks)."
     )
 
 

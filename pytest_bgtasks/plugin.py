@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 import warnings
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ._settings import MODES, ON_DROPPED, Settings
+
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
 
     from ._capture import BackgroundTaskCapture
+    from ._findings import Finding
 
-MODES = ("run", "defer", "skip")
-ON_DROPPED = ("fail", "warn", "ignore")
 MARKER = (
     "bgtasks(*, mode=None, on_dropped=None, allow_failures=None, assert_all_run=None): "
     "capture background tasks in this test; mode is run, defer or skip, on_dropped is "
@@ -28,14 +28,6 @@ MARKER = (
 
 class BackgroundTaskWarning(UserWarning):
     """A teardown finding reported as a warning (`on_dropped="warn"`)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Settings:
-    mode: str = "run"
-    on_dropped: str = "fail"
-    allow_failures: bool = False
-    assert_all_run: bool = False
 
 
 def _marker_signature(
@@ -54,8 +46,11 @@ def _marker_signature(
     return {name: value for name, value in given.items() if value is not None}
 
 
-_SETTINGS = pytest.StashKey[_Settings]()
+_SETTINGS = pytest.StashKey[Settings]()
 _CAPTURE = pytest.StashKey["BackgroundTaskCapture"]()
+"""The test's capture, while its fixture is set up."""
+_SECTION = pytest.StashKey[str]()
+"""The report section of the test's tasks, once its capture is gone."""
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _USED = pytest.StashKey[bool]()
 
@@ -98,7 +93,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
-    config.add_cleanup(functools.partial(_release_patches, _active_captures()))
     mode = config.getoption("bgtasks_mode")
     source = "--bgtasks-mode"
     if mode is None:
@@ -106,7 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _check_choice(mode, MODES, source, pytest.UsageError)
     on_dropped = config.getini("bgtasks_on_dropped")
     _check_choice(on_dropped, ON_DROPPED, "ini bgtasks_on_dropped", pytest.UsageError)
-    config.stash[_SETTINGS] = _Settings(
+    config.stash[_SETTINGS] = Settings(
         mode=mode,
         on_dropped=on_dropped,
         allow_failures=_ini_flag(config, "bgtasks_allow_failures"),
@@ -134,10 +128,11 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    # The marker alone turns capture on, as if the test requested the fixture.
+    # The marker alone turns capture on, as if the test requested the fixture. The list is a
+    # copy: pytest shares one between the cases of a parametrized test.
     names = getattr(item, "fixturenames", None)
     if names is not None and "bgtasks" not in names and item.get_closest_marker("bgtasks"):
-        names.append("bgtasks")
+        item.fixturenames = [*names, "bgtasks"]  # type: ignore[attr-defined]  # a Function's
 
 
 class _Reports:
@@ -150,14 +145,15 @@ class _Reports:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         capture = item.stash.get(_CAPTURE, None)
-        if capture is not None:
+        section = capture.report() if capture is not None else item.stash.get(_SECTION, None)
+        if section is not None:
             item.stash.setdefault(_REPORTS, {})[report.when] = report
             if report.failed and report.when != "setup":
-                report.sections.append(("Captured background tasks", capture._report()))
+                report.sections.append(("Captured background tasks", section))
         return report
 
 
-def _settings_for(item: pytest.Item) -> _Settings:
+def _settings_for(item: pytest.Item) -> Settings:
     """The ini/CLI settings with the test's markers applied, the closest one winning."""
     try:
         merged = _marker_settings(item)
@@ -200,33 +196,21 @@ def _test_failed(item: pytest.Item) -> bool:
 
 
 def _first_use(config: pytest.Config) -> None:
+    """The first test of the session that captures: hold the core's state for the session
+    (Starlette stays patched, inert between captures), and put everything back at its end."""
     if config.stash.get(_USED, False):
         return
     config.stash[_USED] = True
     config.pluginmanager.register(_Reports(), "bgtasks-reports")
+    from ._state import acquire, release_session
+
+    session = _Session()
+    enclosing = acquire(session, root=str(config.rootpath)).captures[:]
+    config.add_cleanup(functools.partial(release_session, session, enclosing))
 
 
-def _active_captures() -> list[Any]:
-    """The captures active now (those of an enclosing pytester session), without importing
-    the core."""
-    recorder_module = sys.modules.get("pytest_bgtasks._recorder")
-    return [] if recorder_module is None else list(recorder_module.recorder.logs)
-
-
-def _release_patches(enclosing: list[Any]) -> None:
-    """At the end of the session: stop the captures it started and left running, then put
-    Starlette back as it was, unless an enclosing session still captures."""
-    recorder_module = sys.modules.get("pytest_bgtasks._recorder")
-    if recorder_module is None:  # the session never used the plugin
-        return
-    recorder = recorder_module.recorder
-    for log in reversed(list(recorder.logs)):
-        if not any(log is outer for outer in enclosing):
-            recorder.pop(log)
-    if not recorder.logs:
-        from . import _starlette
-
-        _starlette.uninstall()
+class _Session:
+    """The pytest session, as a holder of the core's state."""
 
 
 @pytest.fixture
@@ -235,25 +219,41 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
     from ._capture import BackgroundTaskCapture
 
     settings = _settings_for(request.node)
-    capture = BackgroundTaskCapture(mode=settings.mode)  # type: ignore[arg-type]  # one of MODES
+    capture = BackgroundTaskCapture(mode=settings.mode)
     _first_use(request.config)
     capture.start()
-    request.node.stash[_CAPTURE] = capture
+    stash = request.node.stash
+    stash[_CAPTURE] = capture
     try:
         yield capture
     finally:
         capture.stop()
+        # The report keeps the text, not the records: they go with the test.
+        stash[_SECTION] = capture.report()
+        del stash[_CAPTURE]
     if _test_failed(request.node):
         return
-    errors, warns = capture._verdict(
-        on_dropped=settings.on_dropped,  # type: ignore[arg-type]  # one of ON_DROPPED
-        allow_failures=settings.allow_failures,
-        assert_all_run=settings.assert_all_run,
-    )
+    errors, warns = _complaints(capture.findings(), settings)
     for message in warns:
         warnings.warn(BackgroundTaskWarning(message), stacklevel=1)
     if errors:
         pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+def _complaints(findings: list[Finding], settings: Settings) -> tuple[list[str], list[str]]:
+    """The findings the settings make failures, and those they make warnings."""
+    errors: list[str] = []
+    warns: list[str] = []
+    for finding in findings:
+        if finding.kind in ("dropped", "ran_again"):
+            if settings.on_dropped != "ignore":
+                (errors if settings.on_dropped == "fail" else warns).append(finding.message)
+        elif finding.kind in ("hidden_failure", "did_nothing"):
+            if not settings.allow_failures:
+                errors.append(finding.message)
+        elif settings.assert_all_run:
+            errors.append(finding.message)
+    return errors, warns
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import apps
 # Import the core now, so the in-process pytester runs of this suite (which drop the modules
 # they import) share it with the rest of the session.
 import pytest_bgtasks._capture
-import pytest_bgtasks._starlette  # noqa: F401
+import pytest_bgtasks.sources.starlette  # noqa: F401
 
 if importlib.util.find_spec("fastapi") is None:
     # FastAPI is optional, and the matrix's starlette-only environment proves it: there, the

@@ -143,42 +143,37 @@ def test_task_reprs_and_equality() -> None:
     assert expected == task(send_welcome_email, "a@b.com", subject="Hi")
     assert expected != task(send_welcome_email, "a@b.com")
     assert expected != (send_welcome_email, "a@b.com")
-    with pytest.raises(
-        TypeError, match=r"task\(\) expects the task function first, got 'x' \(str\)\."
-    ):
-        task("x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError) as error:
+        task(42)  # type: ignore[arg-type]
+    assert str(error.value) == "task() expects the task function or its name first, got 42 (int)."
+    manual.assert_listed(str(error.value))
+    assert repr(task("send_welcome_email", "a@b.com")) == "task('send_welcome_email', 'a@b.com')"
 
 
-NOT_A_TASK = (
-    "expects a task function or task(func, *args, **kwargs), got 'send_welcome_email' (str)."
-)
+NOT_A_TASK = "expects a task function, its name, or task(func, *args, **kwargs), got 42 (int)."
 
 
 @pytest.mark.parametrize("on", ["capture", "module"], ids=["method", "free-function"])
 @pytest.mark.parametrize(
     ("helper", "arguments", "message"),
     [
-        ("assert_task_added", ("send_welcome_email",), f"assert_task_added() {NOT_A_TASK}"),
-        ("assert_task_not_added", ("send_welcome_email",), f"assert_task_not_added() {NOT_A_TASK}"),
-        ("assert_task_ran", ("send_welcome_email",), f"assert_task_ran() {NOT_A_TASK}"),
-        ("assert_task_failed", ("send_welcome_email",), f"assert_task_failed() {NOT_A_TASK}"),
-        ("assert_task_count", (1, "send_welcome_email"), f"assert_task_count() {NOT_A_TASK}"),
-        (
-            "assert_tasks_in_order",
-            (audit, "send_welcome_email"),
-            f"assert_tasks_in_order() {NOT_A_TASK}",
-        ),
+        ("assert_task_added", (42,), f"assert_task_added() {NOT_A_TASK}"),
+        ("assert_task_not_added", (42,), f"assert_task_not_added() {NOT_A_TASK}"),
+        ("assert_task_ran", (42,), f"assert_task_ran() {NOT_A_TASK}"),
+        ("assert_task_failed", (42,), f"assert_task_failed() {NOT_A_TASK}"),
+        ("assert_task_count", (1, 42), f"assert_task_count() {NOT_A_TASK}"),
+        ("assert_tasks_in_order", (audit, 42), f"assert_tasks_in_order() {NOT_A_TASK}"),
         (
             "assert_task_added",
             (send_welcome_email("a@b.com"),),  # the call's result, not the function
-            "assert_task_added() expects a task function or task(func, *args, **kwargs), got None (NoneType).",
+            "assert_task_added() expects a task function, its name, or task(func, *args, **kwargs), got None (NoneType).",
         ),
         (
             "assert_task_ran",
             (task(audit), "x"),
             "assert_task_ran() takes either task(...) or a function and its arguments.",
         ),
-        ("assert_task_count", (-1,), "assert_task_count() expects a count >= 0, got -1."),
+        ("assert_task_count", (-1.5,), "assert_task_count() expects a count >= 0, got -1.5."),
         ("assert_task_count", ("1",), "assert_task_count() expects a count >= 0, got '1'."),
         ("assert_tasks_in_order", (), "assert_tasks_in_order() expects at least one task."),
     ],
@@ -191,7 +186,7 @@ NOT_A_TASK = (
         "in-order",
         "a-call-result",
         "task-and-arguments",
-        "negative-count",
+        "fractional-count",
         "count-as-text",
         "in-order-empty",
     ],
@@ -251,13 +246,20 @@ def test_closest_names_every_differing_argument(bgtasks: BackgroundTaskCapture) 
         bgtasks.assert_task_added(send_welcome_email, "c", "Yo")
 
 
-def test_closest_says_when_the_expected_call_cannot_fit(bgtasks: BackgroundTaskCapture) -> None:
+def test_a_count_below_zero_is_a_value_error(bgtasks: BackgroundTaskCapture) -> None:
+    with pytest.raises(ValueError, match="count") as error:
+        bgtasks.assert_task_count(-1)
+    assert str(error.value) == "assert_task_count() expects a count >= 0, got -1."
+    manual.assert_listed(str(error.value))
+
+
+def test_an_expected_call_that_cannot_fit_is_a_type_error(bgtasks: BackgroundTaskCapture) -> None:
     schedule((send_welcome_email, "a@b.com"))
-    with pytest.raises(AssertionError) as failure:
+    with pytest.raises(TypeError) as error:
         bgtasks.assert_task_added(send_welcome_email, "a@b.com", to="x")
-    assert str(failure.value).endswith(
-        "Closest: send_welcome_email: the expected call does not fit send_welcome_email"
-        "(email, subject='Welcome'): got an unexpected keyword argument 'to'"
+    assert str(error.value) == (
+        "assert_task_added(): send_welcome_email('a@b.com', to='x') does not fit "
+        "send_welcome_email(email, subject='Welcome'): no parameter named 'to'."
     )
 
 

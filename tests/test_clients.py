@@ -70,7 +70,7 @@ def test_a_task_failing_under_uvicorn_is_reported(bgtasks: BackgroundTaskCapture
         assert httpx.post(f"{url}/work").status_code == 200
         wait_until(lambda: bool(bgtasks.failed))
     # uvicorn logs the exception; the test never sees it.
-    (message,) = bgtasks._verdict()[0]
+    (message,) = [finding.message for finding in bgtasks.findings()]
     assert "- boom('server side') [failed] POST /work" in message
 
 

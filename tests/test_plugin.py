@@ -4,13 +4,12 @@ teardown checks and the report section."""
 from __future__ import annotations
 
 import re
-import sys
 import textwrap
 
 import pytest
 
 import manual
-from pytest_bgtasks import BackgroundTaskCapture, plugin
+from pytest_bgtasks import BackgroundTaskCapture
 
 APP = """
 import pytest
@@ -718,7 +717,7 @@ def test_a_session_that_never_uses_the_plugin_imports_and_patches_nothing(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*plugin modules: pytest_bgtasks.plugin",
+            "*plugin modules: pytest_bgtasks._settings, pytest_bgtasks.plugin",
             "starlette imported: False",
             "patched at exit: none",
         ]
@@ -738,29 +737,10 @@ def test_the_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     assert "bgtasks: mode" not in result.stdout.str()
 
 
-def test_the_option_lists_in_the_plugin_match_the_core() -> None:
-    from typing import get_args
-
-    from pytest_bgtasks import _capture, plugin
-
-    assert plugin.MODES == _capture.MODES == get_args(_capture.Mode)
-
-
 def test_the_report_hook_is_registered_once_by_name(
     request: pytest.FixtureRequest, bgtasks: BackgroundTaskCapture
 ) -> None:
     manager = request.config.pluginmanager
-    hook = manager.get_plugin("bgtasks-reports")
-    assert isinstance(hook, plugin._Reports)
-    assert [each for each in manager.get_plugins() if isinstance(each, plugin._Reports)] == [hook]
-
-
-def test_a_test_the_report_hook_never_saw_has_not_failed(request: pytest.FixtureRequest) -> None:
-    assert not plugin._test_failed(request.node)
-
-
-def test_the_session_hooks_do_not_import_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "pytest_bgtasks._recorder")
-    assert plugin._active_captures() == []
-    plugin._release_patches([])
-    assert "pytest_bgtasks._recorder" not in sys.modules
+    assert manager.get_plugin("bgtasks-reports") is not None
+    names = [name for name, _ in manager.list_name_plugin() if name == "bgtasks-reports"]
+    assert names == ["bgtasks-reports"]

@@ -8,6 +8,7 @@ modest and derandomized, so every run checks the same examples.
 from __future__ import annotations
 
 import functools
+import inspect
 import keyword
 import math
 from collections.abc import Callable
@@ -89,6 +90,23 @@ def matches(capture: BackgroundTaskCapture, func: Any, *args: Any, **kwargs: Any
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
+def fits(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether `func(*args, **kwargs)` binds to func's signature."""
+    try:
+        inspect.signature(func).bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+def assert_does_not_fit(
+    capture: BackgroundTaskCapture, func: Any, *args: Any, **kwargs: Any
+) -> None:
+    """An expected call that no call of `func` could be is a TypeError, not a silent miss."""
+    with pytest.raises(TypeError, match=r"^assert_task_added\(\): .* does not fit "):
+        capture.assert_task_added(func, *args, **kwargs)
+
+
 @st.composite
 def calls(draw: st.DrawFn) -> Call:
     """Any call of one of FUNCTIONS: with arguments that fit its signature, or not."""
@@ -109,10 +127,18 @@ def test_any_call_matches_itself(call: Call) -> None:
     (record,) = capture.tasks
     assert record.func is func
     assert (record.args, record.kwargs) == (args, kwargs)
+    assert matches(capture, func)  # no arguments: any call of func
+    if not fits(func, args, kwargs):
+        if args or kwargs:  # with none, it is the expected call of any arguments
+            assert_does_not_fit(capture, func, *args, **kwargs)
+        return
     assert matches(capture, func, *args, **kwargs)
     assert matches(capture, task(func, *args, **kwargs))
-    assert matches(capture, func)  # no arguments: any call of func
-    assert not matches(capture, other_function(func), *args, **kwargs)
+    other = other_function(func)
+    if fits(other, args, kwargs):
+        assert not matches(capture, other, *args, **kwargs)
+    elif args or kwargs:
+        assert_does_not_fit(capture, other, *args, **kwargs)
     with pytest.raises(AssertionError, match=r"^Expected no background tasks matching "):
         capture.assert_task_not_added(func, *args, **kwargs)
 
@@ -178,13 +204,17 @@ def test_any_matches_anything_in_any_position(call: Call, data: st.DataObject) -
     gap, it neither makes up for a missing argument nor absorbs an extra one."""
     func, args, kwargs = call
     capture = schedule(func, *args, **kwargs)
+    if not fits(func, args, kwargs):  # ANY stands for a value: it makes no call fit
+        if args or kwargs:
+            assert_does_not_fit(capture, func, *[ANY] * len(args), **dict.fromkeys(kwargs, ANY))
+        return
     positions = data.draw(st.sets(st.integers(0, len(args) - 1)) if args else st.just(set()))
     keys = data.draw(st.sets(st.sampled_from(sorted(kwargs))) if kwargs else st.just(set()))
     wild_args = tuple(ANY if n in positions else value for n, value in enumerate(args))
     wild_kwargs = {name: ANY if name in keys else value for name, value in kwargs.items()}
     assert matches(capture, func, *wild_args, **wild_kwargs)
     assert matches(capture, func, *[ANY] * len(args), **dict.fromkeys(kwargs, ANY))
-    if func is notify:
+    if func is notify:  # *targets: every call fits
         assert not matches(capture, notify, *wild_args, ANY, **wild_kwargs)
         if args and (len(args) > 1 or kwargs):  # with no arguments at all, any call matches
             assert not matches(capture, notify, *wild_args[:-1], **wild_kwargs)

@@ -85,13 +85,13 @@ def test_a_failing_task_stops_the_rest_and_a_hidden_failure_is_reported(
     app = apps.starlette_app((boom, ("first",)), (sync_job, ("second",)))
     with pytest.raises(ZeroDivisionError):
         post(app)
-    assert bgtasks._verdict() == ([], [])  # the test saw it
+    assert bgtasks.findings() == []  # the test saw it
 
     with bgtasks.capture() as hidden:
         assert post(app, raise_server_exceptions=False) == 200
     failed, not_run = hidden.tasks
     assert (failed.status, not_run.status) == (TaskStatus.FAILED, TaskStatus.NOT_RUN)
-    (message,) = bgtasks._verdict()[0]
+    (message,) = [finding.message for finding in bgtasks.findings()]
     assert message.startswith(
         "1 background task raised and the test never saw the exception (the client or a "
         "middleware hid it):\n- boom('first') [failed] POST /work"
@@ -133,7 +133,9 @@ def test_dropped_tasks_of_a_starlette_app(bgtasks: BackgroundTaskCapture) -> Non
         "never run: the endpoint raised HTTPException(status_code=403, detail='not yours'), "
         "answered with 403"
     )
-    (message,) = bgtasks._verdict()[0]  # the first is a finding, the second is not
+    (message,) = [
+        finding.message for finding in bgtasks.findings()
+    ]  # the first is a finding, the second is not
     assert "sync_job('forgotten') [dropped] POST /forgotten" in message
     assert "refused" not in message
     assert apps.ran == []

@@ -1,0 +1,527 @@
+"""Starlette's BackgroundTasks as a source: every touch of Starlette and FastAPI internals.
+
+One execution choke point exists in every supported version: `BackgroundTask.__call__` (and
+the `__call__` of a subclass that runs its function itself). Creation is seen in
+`BackgroundTask.__init__` (every task) and `BackgroundTasks.__init__` (every batch: a task's
+batch is the one that holds it). The outermost `Starlette.__call__` of a request says which
+request scheduled a task and when that request is over. Exceptions the endpoint raised are seen
+where Starlette looks up their handler.
+
+Starlette's modules are looked up when the source is installed, never bound at import: a
+session that imports Starlette afresh (pytester's in-process runs) gets its own classes patched.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import importlib
+import inspect
+import sys
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._lifecycle import Request, Site, TaskRecord, TaskRequest, TaskStatus, current_request
+from .._matching import call_shape, callable_name
+from ._patch import Patches, Slot
+
+if TYPE_CHECKING:
+    from .._state import State
+
+_FRAMEWORK = ("starlette.", "fastapi.", "pytest_bgtasks.")
+
+_executing: contextvars.ContextVar[object] = contextvars.ContextVar(
+    "pytest_bgtasks_executing", default=None
+)
+"""The task object being run: a subclass's `__call__` that calls `super().__call__()` reaches
+`BackgroundTask.__call__` with it, which then only runs it."""
+
+
+def create(state: State) -> StarletteSource:
+    return StarletteSource(state)
+
+
+class StarletteRequest(Request):
+    """A request as Starlette runs it."""
+
+    __slots__ = ("batches", "kind", "raised", "scope")
+
+    def __init__(self, info: TaskRequest, captures: tuple[Any, ...]) -> None:
+        super().__init__(info, captures)
+        self.kind = "http"
+        self.scope: object = None
+        """The ASGI scope: a mounted app gets the same one, another request a new one."""
+        self.batches: list[Any] = []
+        """The `BackgroundTasks` made while it ran (FastAPI makes one for each request)."""
+        self.raised: list[BaseException] = []
+        """Exceptions the endpoint raised before the response started."""
+
+
+class StarletteSource:
+    """The interception of Starlette's background tasks."""
+
+    name = "starlette"
+    library: tuple[str, ...] = ("starlette.", "fastapi.")
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        background = importlib.import_module("starlette.background")
+        self.BackgroundTask: type[Any] = background.BackgroundTask
+        self.BackgroundTasks: type[Any] = background.BackgroundTasks
+        self.Starlette: type[Any] = importlib.import_module("starlette.applications").Starlette
+        self.is_async_callable: Callable[[Any], bool] = importlib.import_module(
+            "starlette._utils"
+        ).is_async_callable
+        self.patches = Patches(self)
+        self.records: dict[int, TaskRecord] = {}
+        """Record of each task object seen while capturing, by id (the record keeps its task,
+        so the id stays its own)."""
+        self.batches: list[Any] = []
+        """The `BackgroundTasks` made outside any request while capturing."""
+        self.calls: dict[type[Any], Any] = {}
+        """For each task class met: the `__call__` that runs its tasks, unpatched."""
+        self.watched: set[type[Any]] = set()
+        """Task subclasses with a `__call__` of their own, patched too."""
+        self.inits: dict[type[Any], frozenset[types.CodeType]] = {}
+        """For each task subclass met: the code of its own `__init__` methods."""
+        self.framework: dict[types.CodeType, bool] = {}
+        """Whether a function's code belongs to Starlette, FastAPI or this plugin."""
+        self.sites: dict[tuple[int, int], Site] = {}
+        """One (code, instruction offset) tuple per call site, shared by its records."""
+
+    @property
+    def root(self) -> str:
+        return self.state.root
+
+    # -- installing ------------------------------------------------------------------------
+
+    def install(self) -> None:
+        patches = self.patches
+        patches.install(self.BackgroundTask, "__init__", self._task_init)
+        patches.install(self.BackgroundTask, "__call__", self._task_call)
+        patches.install(self.BackgroundTasks, "__init__", self._batch_init)
+        patches.install(self.Starlette, "__call__", self._app_call)
+        for owner in self._handler_owners():
+            patches.install(owner, "_lookup_exception_handler", self._lookup)
+        for cls in self.watched:
+            patches.install(cls, "__call__", self._task_call)
+        self.calls = {}
+
+    def _handler_owners(self) -> list[object]:
+        try:  # Starlette >= 0.28
+            return [importlib.import_module("starlette._exception_handler")]
+        except ImportError:  # Starlette 0.27: a method of ExceptionMiddleware
+            module = importlib.import_module("starlette.middleware.exceptions")
+            return [module.ExceptionMiddleware]
+
+    def uninstall(self) -> None:
+        self.reset()
+        self.patches.uninstall()
+        self.calls.clear()
+        self.watched.clear()
+        self.inits.clear()
+        self.framework.clear()
+        self.sites.clear()
+
+    def reset(self) -> None:
+        for record in self.records.values():
+            _close_coroutine(record.func)
+        self.records = {}
+        self.batches = []
+
+    # -- the patches -----------------------------------------------------------------------
+
+    @staticmethod
+    def _task_init(original: Any, slot: Slot) -> Callable[..., None]:
+        def __init__(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+            __tracebackhide__ = True
+            original(self, func, *args, **kwargs)
+            source = slot.source
+            if source is not None and source.state.captures:
+                source.created(self)
+
+        return __init__
+
+    @staticmethod
+    def _batch_init(original: Any, slot: Slot) -> Callable[..., None]:
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            __tracebackhide__ = True
+            original(self, *args, **kwargs)
+            source = slot.source
+            if source is not None and source.state.captures:
+                request = current_request.get()
+                if isinstance(request, StarletteRequest):
+                    request.batches.append(self)
+                else:
+                    source.batches.append(self)
+
+        return __init__
+
+    @staticmethod
+    def _task_call(original: Any, slot: Slot) -> Callable[..., Any]:
+        async def __call__(self: Any) -> None:
+            __tracebackhide__ = True
+            source = slot.source
+            if source is None or not source.state.captures or _executing.get() is self:
+                await original(self)
+                return
+            await source.called(self, original)
+
+        return __call__
+
+    @staticmethod
+    def _app_call(original: Any, slot: Slot) -> Callable[..., Any]:
+        async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+            __tracebackhide__ = True
+            source = slot.source
+            outer = current_request.get()
+            if (
+                source is None
+                or scope["type"] not in ("http", "websocket")
+                or (isinstance(outer, StarletteRequest) and outer.scope is scope)  # mounted
+            ):
+                await original(self, scope, receive, send)
+                return
+            request = source.request_started(scope)
+            if request is None:
+                await original(self, scope, receive, send)
+                return
+            token = current_request.set(request)
+
+            async def watched_send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    request.status = message["status"]
+                await send(message)
+
+            try:
+                await original(self, scope, receive, watched_send)
+            except BaseException as exc:
+                request.error = exc
+                request.error_traceback = exc.__traceback__  # where it leaves the app
+                raise
+            finally:
+                current_request.reset(token)
+                source.request_finished(request)
+
+        return __call__
+
+    @staticmethod
+    def _lookup(original: Any, slot: Slot) -> Callable[..., Any]:
+        # Starlette >= 0.28: `_lookup_exception_handler(handlers, exc)`;
+        # 0.27: the method `ExceptionMiddleware._lookup_exception_handler(self, exc)`.
+        def _lookup_exception_handler(*args: Any) -> Any:
+            __tracebackhide__ = True
+            handler = original(*args)
+            request = current_request.get()
+            if slot.source is not None and isinstance(request, StarletteRequest):
+                exc = args[-1]
+                if request.status is None and not any(
+                    record._details.exception is exc for record in request.records
+                ):
+                    request.raised.append(exc)
+            return handler
+
+        return _lookup_exception_handler
+
+    # -- what the patches see --------------------------------------------------------------
+
+    def created(self, task: Any) -> None:
+        """A `BackgroundTask` was made while a capture is active."""
+        request = current_request.get()
+        record = self.state.new_record(
+            self, task, task.func, task.args, task.kwargs, self._call_site(task), request
+        )
+        if record is None:
+            return
+        self.records[id(task)] = record
+        cls: type[Any] = task.__class__
+        if cls is not self.BackgroundTask:
+            self._watch(cls)
+        func = task.func
+        if not isinstance(func, types.FunctionType):
+            problem = _misuse(func)
+            if problem is not None:
+                record.note_problem(problem)
+
+    def request_started(self, scope: Any) -> StarletteRequest | None:
+        info = TaskRequest(scope.get("method", "WEBSOCKET"), scope.get("path", ""))
+        request = self.state.request_started(info, StarletteRequest)
+        if isinstance(request, StarletteRequest):
+            request.kind = scope["type"]
+            request.scope = scope
+            return request
+        return None
+
+    def request_finished(self, request: StarletteRequest) -> None:
+        for record in request.records:
+            if record.waiting:
+                self._settle(record, request)
+
+    async def called(self, task: Any, original: Any) -> None:
+        """A response (or anything else) calls a task."""
+        __tracebackhide__ = True
+        record = self._record_for_call(task)
+        runner = self.state.controller(record) if record is not None else None
+        if runner is None or record is None:
+            await original(task)
+            return
+        await runner.dispatch(record)
+
+    def _record_for_call(self, task: Any) -> TaskRecord | None:
+        request = current_request.get()
+        record = self.records.get(id(task))
+        if record is not None and record._handle is not task:
+            record = None  # a record of a task long gone, whose id this one reuses
+        if record is not None and not record._called:
+            return record
+        site = record._site if record is not None else None
+        new = self.state.new_record(self, task, task.func, task.args, task.kwargs, site, request)
+        if new is None:
+            return None
+        self.records[id(task)] = new
+        if record is not None:
+            # The same BackgroundTask object runs again: a response reused across requests.
+            new.ran_before(
+                record,
+                f"this BackgroundTask object already ran as #{record.index} ({record!r}): "
+                "a response object reused across requests runs its tasks again",
+            )
+        return new
+
+    # -- running tasks as Starlette runs them ----------------------------------------------
+
+    def task_name(self, record: TaskRecord) -> str:
+        return callable_name(record.func)
+
+    async def execute(self, record: TaskRecord, fake: Callable[..., Any] | None) -> str | None:
+        """Run the task through its class's own `__call__` (Starlette's, or a subclass's)."""
+        __tracebackhide__ = True
+        task = record._handle
+        cls: type[Any] = task.__class__
+        original = self._call_of(cls)
+        returned: list[Any] = []
+        runner = task
+        if fake is not None or not task.is_async:
+            runner = copy.copy(task)
+            if fake is not None:
+                runner.func = fake
+                _, runner.args, runner.kwargs = call_shape(task.func, task.args, task.kwargs)
+                runner.is_async = self.is_async_callable(fake)
+            if not runner.is_async:
+                runner.func = _returning(runner.func, returned.append)
+        if original is self.patches.original(self.BackgroundTask, "__call__"):
+            await original(runner)
+        else:  # a subclass's own __call__, which may call BackgroundTask.__call__ in turn
+            token = _executing.set(runner)
+            try:
+                await original(runner)
+            finally:
+                _executing.reset(token)
+        return _did_nothing(record, returned[0]) if returned else None
+
+    def _call_of(self, cls: type[Any]) -> Any:
+        call = self.calls.get(cls)
+        if call is None:
+            for owner in cls.__mro__:
+                if (owner, "__call__") in self.patches.installed:
+                    call = self.patches.original(owner, "__call__")
+                    break
+            self.calls[cls] = call
+        return call
+
+    def _watch(self, cls: type[Any]) -> None:
+        """A task of a subclass: patch its own `__call__`, so that a subclass that runs its
+        function itself is seen running it."""
+        if cls in self.calls or issubclass(cls, self.BackgroundTasks):
+            return
+        for owner in cls.__mro__:
+            if owner is self.BackgroundTask:
+                break
+            if "__call__" in owner.__dict__ and owner not in self.watched:
+                self.watched.add(owner)
+                self.patches.install(owner, "__call__", self._task_call)
+        self._call_of(cls)
+
+    def stop_after(
+        self, record: TaskRecord, status: TaskStatus, reason: str, *, passed_over: bool = False
+    ) -> list[TaskRecord]:
+        """Later tasks of the record's batch will not run (Starlette stops at a failure)."""
+        batch = self._batch_of(record) or _calling_batch(record._handle, self.BackgroundTasks)
+        if batch is None:
+            return []
+        tasks = list(batch.tasks)
+        # Both ways of finding the batch look for one that holds the task.
+        position = next(i for i, item in enumerate(tasks) if item is record._handle)
+        stopped: list[TaskRecord] = []
+        for item in tasks[position + 1 :]:
+            later = self.records.get(id(item))
+            if later is None or later._handle is not item:
+                continue
+            if later.status is TaskStatus.DEFERRED or later.waiting:
+                later.stop(status, reason, passed_over=passed_over)
+                stopped.append(later)
+        return stopped
+
+    def _batch_of(self, record: TaskRecord) -> Any:
+        """The `BackgroundTasks` that holds the record's task, among those made while a capture
+        is active: in the task's request, or outside any request. None for a task given to a
+        response on its own, or added to a batch made before the capture started."""
+        request = record._request
+        made = request.batches if isinstance(request, StarletteRequest) else []
+        for batches in (made, self.batches):
+            for batch in reversed(batches):
+                if any(item is record._handle for item in batch.tasks):
+                    return batch
+        return None
+
+    # -- a request ends --------------------------------------------------------------------
+
+    def _settle(self, record: TaskRecord, request: StarletteRequest) -> None:
+        """A task of a finished request that nothing ever called: why not?"""
+        error = request.error
+        if request.kind == "websocket":
+            record.settle(
+                TaskStatus.DROPPED, "never run: a WebSocket endpoint never runs background tasks"
+            )
+        elif error is not None and _is_cancellation(error):
+            record.settle(TaskStatus.CANCELLED, "never started: its request was cancelled")
+        elif error is not None:
+            record.settle(
+                TaskStatus.DROPPED, f"never run: the request raised {error!r}", excused=True
+            )
+        elif request.raised:
+            answered = f", answered with {request.status}" if request.status is not None else ""
+            reason = f"never run: the endpoint raised {request.raised[-1]!r}{answered}"
+            record.settle(TaskStatus.DROPPED, reason, excused=True)
+        else:
+            self._not_carried(record, request)
+
+    def _not_carried(self, record: TaskRecord, request: StarletteRequest) -> None:
+        started = [other for other in request.records if other._called]
+        batch = self._batch_of(record)
+        if batch is not None and any(self._batch_of(other) is batch for other in started):
+            why = (
+                "it was added to its BackgroundTasks after the response had run them "
+                "(in the exit code of a dependency with yield?)"
+            )
+        elif started:  # none of them from its batch
+            why = (
+                f"the response carried {started[0].call} instead; an endpoint that returns a "
+                "response with its own `background` replaces the injected BackgroundTasks"
+            )
+        elif request.status is not None and request.status >= 400:
+            # An error response that carried nothing of the request: an exception handler's
+            # answer (a status handler's, which Starlette looks up where nothing is seen).
+            reason = f"never run: the request ended with a {request.status} response"
+            record.settle(TaskStatus.DROPPED, reason, excused=True)
+            return
+        else:
+            why = (
+                "no response carried it (it was never given to the response that was sent: set "
+                "on the injected `response` parameter, lost by a route class or middleware that "
+                "rebuilt the response, or never passed as `background=`)"
+            )
+        record.settle(TaskStatus.DROPPED, f"never run: {why}")
+
+    # -- where things happened -------------------------------------------------------------
+
+    def _call_site(self, task: Any) -> Site | None:
+        """Where the task being created comes from: the code and instruction of the app that
+        created it, outside Starlette, FastAPI, this plugin and the task's own `__init__`."""
+        framework = self.framework
+        cls: type[Any] = task.__class__
+        skipped = self._inits(cls)
+        frame: types.FrameType | None = sys._getframe(1)
+        while frame is not None:
+            code = frame.f_code
+            inside = framework.get(code)
+            if inside is None:
+                module = frame.f_globals.get("__name__", "") + "."
+                inside = framework[code] = module.startswith(_FRAMEWORK)
+            if not inside and code not in skipped:
+                offset = frame.f_lasti
+                site = self.sites.get((id(code), offset))
+                if site is None:  # the first task from this line: the tuple keeps `code` alive
+                    site = self.sites[id(code), offset] = (code, offset)
+                return site
+            frame = frame.f_back
+        return None  # pragma: no cover - the test itself is always on the stack
+
+    def _inits(self, cls: type[Any]) -> frozenset[types.CodeType]:
+        if cls is self.BackgroundTask:
+            return frozenset()
+        codes = self.inits.get(cls)
+        if codes is None:
+            codes = self.inits[cls] = frozenset(
+                owner.__dict__["__init__"].__code__
+                for owner in cls.__mro__[: cls.__mro__.index(self.BackgroundTask)]
+                if isinstance(owner.__dict__.get("__init__"), types.FunctionType)
+            )
+        return codes
+
+
+def _calling_batch(task: Any, batch_class: type[Any]) -> Any:
+    """The `BackgroundTasks` whose `__call__` (Starlette's, or FastAPI's) is running `task` now,
+    found up the stack: the batch of a task whose batch was made before the capture started."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "__call__":
+            batch: Any = frame.f_locals.get("self")
+            if isinstance(batch, batch_class) and any(item is task for item in batch.tasks):
+                return batch
+        frame = frame.f_back
+    return None
+
+
+def _returning(func: Callable[..., Any], keep: Callable[[Any], None]) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        result = func(*args, **kwargs)
+        keep(result)
+        return result
+
+    return call
+
+
+def _did_nothing(record: TaskRecord, returned: Any) -> str | None:
+    """What Starlette drops unawaited when a sync callable returns it: a coroutine, a
+    generator. None for anything else."""
+    if inspect.isawaitable(returned):
+        _close_coroutine(returned)
+        return (
+            f"{record.name} is a sync callable that returned {callable_name(returned)}, which "
+            "nobody awaits: Starlette runs sync tasks in a thread and drops what they return; "
+            "give add_task the async function"
+        )
+    if inspect.isgenerator(returned) or inspect.isasyncgen(returned):
+        kind = "an async generator" if inspect.isasyncgen(returned) else "a generator"
+        if inspect.isgenerator(returned):
+            returned.close()
+        return (
+            f"{record.name} returned {kind}, whose body never runs: Starlette calls a task "
+            "and drops what it returns; give add_task a plain function (def or async def)"
+        )
+    return None
+
+
+def _misuse(func: object) -> str | None:
+    if inspect.iscoroutine(func):
+        return (
+            f"add_task() was given a coroutine object, {callable_name(func)}: pass the "
+            "function and its arguments instead, add_task(func, *args)"
+        )
+    if not callable(func):
+        return f"add_task() was given {func!r}, which is not callable"
+    return None
+
+
+def _close_coroutine(value: object) -> None:
+    if inspect.iscoroutine(value):
+        value.close()
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    from .._runner import is_cancellation
+
+    return is_cancellation(exc)
