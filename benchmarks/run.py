@@ -19,13 +19,19 @@ import traceback
 from collections.abc import Callable
 
 import bench_assert
+import bench_deferred
+import bench_fixture
+import bench_memory
 import bench_requests
 import bench_unused
 from _common import Report, Result, Table, command_line, load, machine, markdown_row, today
 
 BENCHMARKS: dict[str, Callable[[bool], Report]] = {
     "requests": bench_requests.run,
+    "deferred": bench_deferred.run,
     "assert": bench_assert.run,
+    "memory": bench_memory.run,
+    "fixture": bench_fixture.run,
     "unused": bench_unused.run,
 }
 

@@ -14,8 +14,12 @@ RESULTS = (
     *(f"extra cost per task, {mode} mode" for mode in MODES),
     *(f"request with 1 task, {mode} mode" for mode in MODES),
     *(f"request with 100 tasks, {mode} mode" for mode in MODES),
+    "run_deferred per task",
     "assert_task_added, positional expectation",
     "assert_task_added, keyword expectation",
+    "bytes per record, run mode",
+    "bytes per record, defer mode",
+    "bgtasks fixture per test",
     "unused plugin",
 )
 GRID = [
