@@ -261,16 +261,45 @@ some of which import a lot at start-up, xdist and randomly among them): pytest a
 only, or pytest alone."""
 
 
-def run_pytest(
-    directory: Path, options: Sequence[str], env: Mapping[str, str]
-) -> tuple[float, int]:
-    """(CPU seconds, wall ns) of one `python -m pytest` run in `directory`.
+LOOP_CLOCK = '''
+import os
+import time
+
+import pytest
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session):
+    """The benchmark's clock of the test loop: CPU time from the first test to the last."""
+    start = time.process_time_ns()
+    try:
+        return (yield)
+    finally:
+        with open(os.environ["BENCH_LOOP_CLOCK"], "w") as out:
+            out.write(str(time.process_time_ns() - start))
+'''
+"""For the `conftest.py` of a generated suite: `run_pytest()` reads what it writes."""
+
+
+@dataclass(frozen=True)
+class PytestRun:
+    cpu_ns: int
+    """CPU time of the whole run, start-up and collection included."""
+    wall_ns: int
+    loop_ns: int
+    """CPU time of the test loop alone (`LOOP_CLOCK`), from the first test to the last."""
+
+
+def run_pytest(directory: Path, options: Sequence[str], env: Mapping[str, str]) -> PytestRun:
+    """One `python -m pytest` run in `directory`, whose `conftest.py` has `LOOP_CLOCK`.
 
     CPU time is the child's user and system time (`RUSAGE_CHILDREN`, so the run alone), the
     work it did whatever else the machine was doing; wall time also counts its waits for a core.
     """
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     environment.update(env)
+    clock = directory / ".loop-clock"
+    environment["BENCH_LOOP_CLOCK"] = str(clock)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *OTHERS_OFF]
     command += options
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -283,7 +312,9 @@ def run_pytest(
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stdout}{completed.stderr}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return cpu, wall
+    loop = int(clock.read_text())
+    clock.unlink()
+    return PytestRun(round(cpu * 1e9), wall, loop)
 
 
 # -- the machine ----------------------------------------------------------------------------------
