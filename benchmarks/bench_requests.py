@@ -15,7 +15,7 @@ injects into an async endpoint. In each cell six variants send the same requests
 - `run`, `defer`, `skip`: `with BackgroundTaskCapture(mode=...)`.
 
 A sample is one block: its set-up (the capture, the patch or the wrapper), the same number of
-requests (as many as plain Starlette serves in about 10 ms of CPU time: "requests a capture"),
+requests (as many as plain Starlette serves in about 10 ms of CPU time: "requests per sample"),
 its teardown. So every cost a mode has is in it: a deferred or skipped task is not run, which
 plain Starlette does, and a capture forgets its records when it stops. The variants alternate
 in each round, rotated from round to round, after a warm-up, with a full garbage collection
@@ -90,11 +90,6 @@ class Cell:
     cpu: dict[str, list[int]] = field(default_factory=dict)
     wall: dict[str, list[int]] = field(default_factory=dict)
     in_gc: dict[str, list[int]] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        many = "task" if self.size == 1 else "tasks"
-        return f"{self.client}, {self.kind} {many}"
 
     @property
     def tasks(self) -> int:
@@ -205,14 +200,14 @@ def requests_of(cells: list[Cell]) -> str:
 
 def per_task_results(cells: list[Cell], long: Cell) -> list[Result]:
     chosen = [c for c in cells if c.kind == "async" and c.size == PER_TASK_SIZE]
+
+    def figures(variant: str) -> str:
+        short = ", ".join(f"{c.client} {c.extra(variant).show(2, ' µs')}" for c in chosen)
+        return f"{variant} {short}, long capture {long.extra(variant).show(2, ' µs')}"
+
     results = []
     for mode in MODES:
         worst = max([*chosen, long], key=lambda c: c.extra(mode).median)
-
-        def figures(variant: str) -> str:
-            short = ", ".join(f"{c.client} {c.extra(variant).show(2, ' µs')}" for c in chosen)
-            return f"{short}, long capture {long.extra(variant).show(2, ' µs')}"
-
         results.append(
             Result(
                 name=f"extra cost per task, {mode} mode",
@@ -220,9 +215,7 @@ def per_task_results(cells: list[Cell], long: Cell) -> list[Result]:
                 unit=" µs",
                 digits=2,
                 goal=GOAL_EXTRA_US[mode],
-                figures="; ".join(
-                    f"{variant} {figures(variant)}" for variant in (mode, "floor", "mock.patch")
-                ),
+                figures="; ".join(figures(variant) for variant in (mode, "floor", "mock.patch")),
                 method=(
                     f"(capture in {mode} mode - plain Starlette) CPU time / tasks, round by "
                     f"round; {PER_TASK_SIZE:,} async tasks per request; captures of "
@@ -275,13 +268,15 @@ def ratio_table(cells: list[Cell]) -> Table:
     table = Table(
         title=(
             "Request cost: CPU time of a request relative to plain Starlette (plugin not "
-            "installed), median [interquartile range] of per-round ratios."
+            "installed), median [interquartile range] of per-round ratios. A sample is one "
+            "capture (or patch) around its requests; the row of 40 requests per sample is the "
+            "long capture."
         ),
         header=[
             "client",
             "tasks",
             "per request",
-            "requests a capture",
+            "requests per sample",
             "plain µs/request",
             *VARIANTS[1:],
         ],
@@ -303,12 +298,12 @@ def ratio_table(cells: list[Cell]) -> Table:
 def extra_table(cells: list[Cell]) -> Table:
     table = Table(
         title=(
-            "Extra CPU µs per task over plain Starlette: (variant - plain) / tasks, median "
-            "[interquartile range] over rounds. A deferred or skipped task (and a mocked "
-            "`add_task`) saves running the task, which plain Starlette does: with sync tasks, "
-            "a worker thread each."
+            "Extra CPU µs per task over plain Starlette: (variant - plain) / tasks in the "
+            "sample, median [interquartile range] over rounds. A deferred or skipped task (and "
+            "a mocked `add_task`) saves running the task, which plain Starlette does: with sync "
+            "tasks, a worker thread each."
         ),
-        header=["client", "tasks", "per request", "requests a capture", *VARIANTS[1:], "rounds"],
+        header=["client", "tasks", "per request", "requests per sample", *VARIANTS[1:], "rounds"],
     )
     for c in cells:
         table.rows.append(
