@@ -21,14 +21,17 @@ if TYPE_CHECKING:
         assert_task_ran,
         assert_tasks_in_order,
     )
-    from ._lifecycle import TaskRecord, TaskRequest, TaskStatus
+    from ._findings import Finding
+    from ._lifecycle import CallSite, TaskRecord, TaskRequest, TaskStatus
     from ._matching import ExpectedTask, task
     from .plugin import BackgroundTaskWarning
 
 __all__ = (
     "BackgroundTaskCapture",
     "BackgroundTaskWarning",
+    "CallSite",
     "ExpectedTask",
+    "Finding",
     "SimulatedTaskError",
     "TaskLog",
     "TaskRecord",
@@ -45,6 +48,8 @@ __all__ = (
 )
 
 _HOMES = {
+    "CallSite": "_lifecycle",
+    "Finding": "_findings",
     "ExpectedTask": "_matching",
     "task": "_matching",
     "TaskRecord": "_lifecycle",

@@ -21,14 +21,12 @@ from ._matching import (
     Matcher,
     Target,
     binding_of,
-    call_shape,
     check_fits,
-    describe_value,
     expected_call,
     expected_task,
     mismatches,
-    target_name,
 )
+from ._naming import call_shape, describe_value, target_name
 from ._runner import Rule, Runner, check_count, check_timeout
 from ._settings import Mode, check_mode
 

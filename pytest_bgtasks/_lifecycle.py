@@ -28,7 +28,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._matching import format_call
+from ._naming import format_call
 
 if TYPE_CHECKING:
     from .sources import Source

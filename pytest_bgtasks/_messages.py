@@ -182,6 +182,74 @@ def timed_out(record: TaskRecord, timeout: float | None) -> str:
     )
 
 
+# -- why a task did not run, or did nothing -----------------------------------------------------
+
+NEVER_RUN_WEBSOCKET = "never run: a WebSocket endpoint never runs background tasks"
+NEVER_STARTED_CANCELLED = "never started: its request was cancelled"
+ADDED_AFTER_THE_RESPONSE = (
+    "never run: it was added to its BackgroundTasks after the response had run them "
+    "(in the exit code of a dependency with yield?)"
+)
+NOT_CARRIED = (
+    "never run: no response carried it (it was never given to the response that was sent: set "
+    "on the injected `response` parameter, lost by a route class or middleware that rebuilt the "
+    "response, or never passed as `background=`)"
+)
+
+
+def request_raised(error: BaseException) -> str:
+    return f"never run: the request raised {error!r}"
+
+
+def endpoint_raised(error: BaseException, status: int | None) -> str:
+    answered = f", answered with {status}" if status is not None else ""
+    return f"never run: the endpoint raised {error!r}{answered}"
+
+
+def carried_instead(other: TaskRecord) -> str:
+    return (
+        f"never run: the response carried {other.call} instead; an endpoint that returns a "
+        "response with its own `background` replaces the injected BackgroundTasks"
+    )
+
+
+def error_response(status: int) -> str:
+    return f"never run: the request ended with a {status} response"
+
+
+def ran_before(first: TaskRecord) -> str:
+    return (
+        f"this BackgroundTask object already ran as #{first.index} ({first!r}): "
+        "a response object reused across requests runs its tasks again"
+    )
+
+
+def returned_awaitable(name: str, returned: str) -> str:
+    return (
+        f"{name} is a sync callable that returned {returned}, which nobody awaits: Starlette "
+        "runs sync tasks in a thread and drops what they return; give add_task the async function"
+    )
+
+
+def returned_generator(name: str, *, asynchronous: bool) -> str:
+    kind = "an async generator" if asynchronous else "a generator"
+    return (
+        f"{name} returned {kind}, whose body never runs: Starlette calls a task and drops what "
+        "it returns; give add_task a plain function (def or async def)"
+    )
+
+
+def coroutine_given(name: str) -> str:
+    return (
+        f"add_task() was given a coroutine object, {name}: pass the function and its arguments "
+        "instead, add_task(func, *args)"
+    )
+
+
+def not_callable(func: object) -> str:
+    return f"add_task() was given {func!r}, which is not callable"
+
+
 def no_capture(caller: str) -> str:
     return (
         f"{caller} needs an active background task capture: request the `bgtasks` or "

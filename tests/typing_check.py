@@ -21,7 +21,9 @@ from starlette.testclient import TestClient
 import pytest_bgtasks
 from pytest_bgtasks import (
     BackgroundTaskCapture,
+    CallSite,
     ExpectedTask,
+    Finding,
     SimulatedTaskError,
     TaskLog,
     TaskRecord,
@@ -64,6 +66,15 @@ def test_records(bg_client: TestClient, bgtasks: BackgroundTaskCapture) -> None:
     assert_type(record.index, int)
     assert_type(record.reason, str | None)
     assert_type(record.simulated, bool)
+    assert_type(record.problem, str | None)
+    assert_type(record.call, str)
+    assert_type(record.source, str)
+    assert_type(record.parent, TaskRecord | None)
+    assert_type(record.call_site, CallSite | None)
+    if record.call_site is not None:
+        assert_type(record.call_site.file, str)
+        assert_type(record.call_site.line, int)
+    assert_type(record.describe(), str)
     if record.request is not None:
         assert_type(record.request.method, str)
         assert_type(record.request.path, str)
@@ -87,6 +98,14 @@ def test_assertions(bgtasks: BackgroundTaskCapture) -> None:
     assert_type(bgtasks.assert_task_added(audit), TaskRecord)
     assert_type(bgtasks.assert_tasks_in_order(expected, audit), list[TaskRecord])
     assert_type(pytest_bgtasks.assert_task_added(audit), TaskRecord)
+    assert_type(assert_task_added(task(audit, "signup")), TaskRecord)
+    assert_type(assert_task_added("audit", "signup"), TaskRecord)
+    assert_type(task("audit", "signup"), ExpectedTask)
+    for finding in bgtasks.findings():
+        assert_type(finding, Finding)
+        assert_type(finding.records, tuple[TaskRecord, ...])
+        assert_type(finding.message, str)
+        assert finding.kind in ("dropped", "ran_again", "hidden_failure", "did_nothing", "unrun")
 
 
 @pytest.mark.bgtasks(mode="defer", on_dropped="warn", allow_failures=True)
@@ -131,3 +150,7 @@ def mistakes_the_checkers_catch(bgtasks: BackgroundTaskCapture, record: TaskReco
     assert_task_count("2")  # type: ignore[arg-type]
     record.status = "ran"  # type: ignore[assignment]
     bgtasks.arun_deferred()  # type: ignore[unused-coroutine]
+    bgtasks.fail(42)  # type: ignore[arg-type]
+    bgtasks.skip(None)  # type: ignore[arg-type]
+    assert_task_added(42)  # type: ignore[arg-type]
+    task(None)  # type: ignore[arg-type]

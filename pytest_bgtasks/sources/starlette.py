@@ -22,8 +22,10 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import pytest_bgtasks._messages as _messages
+
 from .._lifecycle import Request, Site, TaskRecord, TaskRequest, TaskStatus, current_request
-from .._matching import call_shape, callable_name
+from .._naming import call_shape, callable_name
 from ._patch import Patches, Slot
 
 if TYPE_CHECKING:
@@ -282,11 +284,7 @@ class StarletteSource:
         self.records[id(task)] = new
         if record is not None:
             # The same BackgroundTask object runs again: a response reused across requests.
-            new.ran_before(
-                record,
-                f"this BackgroundTask object already ran as #{record.index} ({record!r}): "
-                "a response object reused across requests runs its tasks again",
-            )
+            new.ran_before(record, _messages.ran_before(record))
         return new
 
     # -- running tasks as Starlette runs them ----------------------------------------------
@@ -381,18 +379,13 @@ class StarletteSource:
         """A task of a finished request that nothing ever called: why not?"""
         error = request.error
         if request.kind == "websocket":
-            record.settle(
-                TaskStatus.DROPPED, "never run: a WebSocket endpoint never runs background tasks"
-            )
+            record.settle(TaskStatus.DROPPED, _messages.NEVER_RUN_WEBSOCKET)
         elif error is not None and _is_cancellation(error):
-            record.settle(TaskStatus.CANCELLED, "never started: its request was cancelled")
+            record.settle(TaskStatus.CANCELLED, _messages.NEVER_STARTED_CANCELLED)
         elif error is not None:
-            record.settle(
-                TaskStatus.DROPPED, f"never run: the request raised {error!r}", excused=True
-            )
+            record.settle(TaskStatus.DROPPED, _messages.request_raised(error), excused=True)
         elif request.raised:
-            answered = f", answered with {request.status}" if request.status is not None else ""
-            reason = f"never run: the endpoint raised {request.raised[-1]!r}{answered}"
+            reason = _messages.endpoint_raised(request.raised[-1], request.status)
             record.settle(TaskStatus.DROPPED, reason, excused=True)
         else:
             self._not_carried(record, request)
@@ -401,28 +394,19 @@ class StarletteSource:
         started = [other for other in request.records if other._called]
         batch = self._batch_of(record)
         if batch is not None and any(self._batch_of(other) is batch for other in started):
-            why = (
-                "it was added to its BackgroundTasks after the response had run them "
-                "(in the exit code of a dependency with yield?)"
-            )
+            reason = _messages.ADDED_AFTER_THE_RESPONSE
         elif started:  # none of them from its batch
-            why = (
-                f"the response carried {started[0].call} instead; an endpoint that returns a "
-                "response with its own `background` replaces the injected BackgroundTasks"
-            )
+            reason = _messages.carried_instead(started[0])
         elif request.status is not None and request.status >= 400:
             # An error response that carried nothing of the request: an exception handler's
             # answer (a status handler's, which Starlette looks up where nothing is seen).
-            reason = f"never run: the request ended with a {request.status} response"
-            record.settle(TaskStatus.DROPPED, reason, excused=True)
+            record.settle(
+                TaskStatus.DROPPED, _messages.error_response(request.status), excused=True
+            )
             return
         else:
-            why = (
-                "no response carried it (it was never given to the response that was sent: set "
-                "on the injected `response` parameter, lost by a route class or middleware that "
-                "rebuilt the response, or never passed as `background=`)"
-            )
-        record.settle(TaskStatus.DROPPED, f"never run: {why}")
+            reason = _messages.NOT_CARRIED
+        record.settle(TaskStatus.DROPPED, reason)
 
     # -- where things happened -------------------------------------------------------------
 
@@ -489,30 +473,19 @@ def _did_nothing(record: TaskRecord, returned: Any) -> str | None:
     generator. None for anything else."""
     if inspect.isawaitable(returned):
         _close_coroutine(returned)
-        return (
-            f"{record.name} is a sync callable that returned {callable_name(returned)}, which "
-            "nobody awaits: Starlette runs sync tasks in a thread and drops what they return; "
-            "give add_task the async function"
-        )
+        return _messages.returned_awaitable(record.name, callable_name(returned))
     if inspect.isgenerator(returned) or inspect.isasyncgen(returned):
-        kind = "an async generator" if inspect.isasyncgen(returned) else "a generator"
         if inspect.isgenerator(returned):
             returned.close()
-        return (
-            f"{record.name} returned {kind}, whose body never runs: Starlette calls a task "
-            "and drops what it returns; give add_task a plain function (def or async def)"
-        )
+        return _messages.returned_generator(record.name, asynchronous=inspect.isasyncgen(returned))
     return None
 
 
 def _misuse(func: object) -> str | None:
     if inspect.iscoroutine(func):
-        return (
-            f"add_task() was given a coroutine object, {callable_name(func)}: pass the "
-            "function and its arguments instead, add_task(func, *args)"
-        )
+        return _messages.coroutine_given(callable_name(func))
     if not callable(func):
-        return f"add_task() was given {func!r}, which is not callable"
+        return _messages.not_callable(func)
     return None
 
 
