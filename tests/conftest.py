@@ -20,11 +20,11 @@ if importlib.util.find_spec("fastapi") is None:
         "test_benchmarks.py",
         "test_capture.py",
         "test_clients.py",
+        "test_docs.py",
         "test_fidelity.py",
         "test_hygiene.py",
         "test_load.py",
         "test_plugin.py",
-        "test_readme.py",
     ]
 
 CHILD_SESSION_PLUGINS_OFF = "-p no:hypothesispytest -p no:xdist -p no:randomly -p no:asyncio"
