@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("request overhead", "unused-plugin overhead", "capture cost", "lookup")
 
 
+@pytest.mark.slow
 def test_the_quick_benchmarks_run_and_print_every_line_and_the_table() -> None:
     completed = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--quick"],

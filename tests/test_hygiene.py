@@ -495,6 +495,7 @@ def targets() -> list[str]:
     ],
     ids=["failures-and-errors", "stopped-by-x", "xdist", "core-without-fixture"],
 )
+@pytest.mark.slow
 def test_starlette_is_as_it_was_after_a_session(
     pytester: pytest.Pytester,
     monkeypatch: pytest.MonkeyPatch,
@@ -529,6 +530,7 @@ def test_starlette_is_as_it_was_after_a_session(
         assert report["changed at the end"] == [], name
 
 
+@pytest.mark.slow
 def test_a_wrapper_left_on_top_of_the_plugin_is_left_as_it_is(pytester: pytest.Pytester) -> None:
     """The session check sees what is not restored: an instrumentation wrapper installed over
     the plugin's patch and never removed keeps the plugin's patch (inert) under it."""
