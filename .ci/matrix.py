@@ -3,6 +3,7 @@ Python, Starlette, FastAPI, httpx and pytest, against the built wheel (not the s
 
     python3 .ci/matrix.py                 # every environment, two at a time
     python3 .ci/matrix.py --only lowest   # one environment (names: --list)
+    python3 .ci/matrix.py --dist dist     # with the sdist and wheel that `python -m build` made
 
 Needs Python >= 3.11 to run (it reads pyproject.toml) and uv (`--uv PATH`, or on PATH). Each
 environment gets a new venv under `.venvs/matrix/NAME/`, made by uv from one of this machine's
@@ -52,9 +53,11 @@ class Env:
     install the wheel that the oldest allowed build backend built."""
     pytest_args: tuple[str, ...] = ()
     dist: str | None = None
-    """"wheel" or "sdist": install the project from that artifact with its test extra, check
-    the entry point, and run the example suite under `-n 4` from the unpacked sdist instead of
-    the whole suite."""
+    """"wheel" or "sdist": install the project from that artifact with the extra `extra`, check
+    the entry point, and run the example suite (with `pytest_args`) from the unpacked sdist
+    instead of the whole suite."""
+    extra: str = "test"
+    """The extra installed with a `dist` environment's artifact."""
     alone: bool = False
     """Runs with nothing beside it: it starts test processes of its own (pytest-xdist)."""
 
@@ -66,7 +69,7 @@ class Env:
         if self.lowest:
             notes.insert(0, "lowest-direct resolution")
         if self.dist:
-            notes.insert(0, f"from the {self.dist}, the example suite under -n 4")
+            notes.insert(0, f"from the {self.dist} with the {self.extra} extra, the example suite")
         if self.constraints:
             notes.append(f"(with {', '.join(self.constraints)})")
         return f"{self.name:<18} python {self.python}  {' '.join(notes) or 'latest'}"
@@ -112,8 +115,10 @@ ENVS = (
     # No FastAPI: tests/conftest.py leaves out the modules built on FastAPI apps, and the
     # example (a FastAPI service) is not collected.
     Env("starlette-only", "3.13", without=("fastapi",), pytest_args=("tests",)),
-    Env("wheel", "3.11", dist="wheel", alone=True),
-    Env("sdist", "3.13", dist="sdist", alone=True),
+    # The wheel with only what the README's first command installs, as a new user would run the
+    # example; the sdist with the whole test extra, the example under pytest-xdist.
+    Env("wheel", "3.11", dist="wheel", extra="demo", alone=True),
+    Env("sdist", "3.13", dist="sdist", pytest_args=("-n", "4"), alone=True),
 )
 
 
@@ -192,9 +197,8 @@ class Runner:
         )
         install = [self.uv, "pip", "install", "--python", python]
         if env.dist is not None:
-            step(
-                "install", [*install, f"pytest-bgtasks[test] @ {self.artifacts[env.dist].as_uri()}"]
-            )
+            artifact = self.artifacts[env.dist].as_uri()
+            step("install", [*install, f"pytest-bgtasks[{env.extra}] @ {artifact}"])
         else:
             resolution = ["--resolution", "lowest-direct"] if env.lowest else []
             constraints = home / "constraints.txt"
@@ -220,7 +224,7 @@ class Runner:
         else:
             source = unpack_sdist(self.artifacts["sdist"], home / "source")
             check_distribution(step, home, python, pytest, self.artifacts)
-            run = step.run("examples -n 4", [pytest, *common, "-n", "4", "examples"], cwd=source)
+            run = step.run("examples", [pytest, *common, *env.pytest_args, "examples"], cwd=source)
         code = run.returncode
         result.passed, result.failed, result.skipped = junit_counts(junit)
         if code != 0 or result.failed or not result.passed:
@@ -300,16 +304,20 @@ def junit_counts(junit: Path) -> tuple[int, int, int]:
 # -- the built distributions --------------------------------------------------------------------
 
 
-def build(uv: str, out: Path) -> dict[str, Path]:
-    """The sdist and the wheel built from it; and a wheel built by the oldest build backend
-    that `build-system.requires` allows, for the lowest-direct environment."""
+def build(uv: str, out: Path, given: Path | None = None) -> dict[str, Path]:
+    """The sdist and the wheel built from it (those in `given`, when it names a directory of
+    them); and a wheel built by the oldest build backend that `build-system.requires` allows,
+    for the lowest-direct environment."""
     import tomllib
 
     shutil.rmtree(out, ignore_errors=True)
     command = [uv, "build", "-q", str(ROOT), "--out-dir"]
-    subprocess.run([*command, out], check=True, env=clean_environment())
-    (wheel,) = out.glob("*.whl")
-    (sdist,) = out.glob("*.tar.gz")
+    if given is None:
+        subprocess.run([*command, out], check=True, env=clean_environment())
+    else:
+        out.mkdir(parents=True)
+    (wheel,) = (given or out).glob("*.whl")
+    (sdist,) = (given or out).glob("*.tar.gz")
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     oldest = out / "oldest-backend"
     oldest.mkdir()
@@ -403,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, default=ROOT / ".venvs" / "matrix", help="where the venvs go"
     )
+    parser.add_argument(
+        "--dist",
+        type=Path,
+        metavar="DIR",
+        help="test the sdist and wheel in DIR (from `python -m build`) instead of building them",
+    )
     options = parser.parse_args(argv)
     names = [env.name for env in ENVS]
     if options.list:
@@ -418,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     options.dir.mkdir(parents=True, exist_ok=True)
-    runner = Runner(options.uv, options.dir, build(options.uv, options.dir / "dist"))
+    artifacts = build(options.uv, options.dir / "dist", options.dist and options.dist.resolve())
+    runner = Runner(options.uv, options.dir, artifacts)
     print(
         f"{len(chosen)} environments, {options.jobs} at a time; logs in {options.dir}", flush=True
     )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -20,11 +21,11 @@ if importlib.util.find_spec("fastapi") is None:
         "test_benchmarks.py",
         "test_capture.py",
         "test_clients.py",
+        "test_docs.py",
         "test_fidelity.py",
         "test_hygiene.py",
         "test_load.py",
         "test_plugin.py",
-        "test_readme.py",
     ]
 
 CHILD_SESSION_PLUGINS_OFF = "-p no:hypothesispytest -p no:xdist -p no:randomly -p no:asyncio"
@@ -38,6 +39,35 @@ output that the tests read line by line, and pytest-asyncio, unconfigured, warns
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     monkeypatch.setenv("PYTEST_ADDOPTS", CHILD_SESSION_PLUGINS_OFF)
     return pytester
+
+
+STARTED: list[str] = []
+"""What this process started (subprocesses, other programs), in order, as Python's audit events
+report it."""
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if event in ("subprocess.Popen", "os.posix_spawn", "os.exec", "os.system"):
+        STARTED.append(str(args[0]))
+
+
+# Audit hooks cannot be removed: this one only appends to a list, for the fixture below.
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(autouse=True)
+def _slow_if_it_starts_a_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that starts a process (a pytest subprocess, a fresh Python) must be marked
+    `slow`, so that `pytest -m "not slow"` stays a quick loop."""
+    before = len(STARTED)
+    yield
+    started = STARTED[before:]
+    if started and request.node.get_closest_marker("slow") is None:
+        pytest.fail(
+            f"This test started {started[0]!r}: mark it @pytest.mark.slow, so that "
+            '`pytest -m "not slow"` leaves it out.',
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True)

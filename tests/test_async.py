@@ -117,6 +117,7 @@ FRAMEWORKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", list(FRAMEWORKS))
 def test_async_tests_under(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, framework: str

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("run", "defer", "skip")
 RESULTS = (
@@ -37,6 +39,7 @@ SPREAD = rf"{FIGURE}{UNIT} \[{FIGURE}, {FIGURE}\]"
 """A median and its interquartile range: `1.520x [1.490, 1.550]`."""
 
 
+@pytest.mark.slow
 def test_the_quick_benchmarks_print_every_figure_with_its_spread_goal_and_verdict() -> None:
     completed = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--quick"],

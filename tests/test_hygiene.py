@@ -109,6 +109,7 @@ def run_script(pytester: pytest.Pytester, body: str) -> list[str]:
     return result.stdout.lines
 
 
+@pytest.mark.slow
 def test_outside_pytest_starlette_is_patched_only_while_a_capture_is_active(
     pytester: pytest.Pytester,
 ) -> None:
@@ -141,6 +142,7 @@ def test_outside_pytest_starlette_is_patched_only_while_a_capture_is_active(
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["wrapper-first", "plugin-first"])
 def test_another_wrapper_of_the_call_keeps_working_and_so_does_the_plugin(
     pytester: pytest.Pytester, order: str
@@ -187,6 +189,7 @@ def test_another_wrapper_of_the_call_keeps_working_and_so_does_the_plugin(
     ]
 
 
+@pytest.mark.slow
 def test_a_second_import_of_the_plugin_takes_over_its_patches(pytester: pytest.Pytester) -> None:
     """What pytester's in-process runs do: the plugin's modules imported afresh while the
     first import's patches are still in place. The new ones find them, and stack nothing."""
@@ -212,6 +215,7 @@ def test_a_second_import_of_the_plugin_takes_over_its_patches(pytester: pytest.P
     assert lines == ["one patch: True", "recorded once: ['ran'] ['x']"]
 
 
+@pytest.mark.slow
 def test_a_coroutine_object_that_never_ran_is_closed_when_the_capture_ends(
     pytester: pytest.Pytester,
 ) -> None:
@@ -614,6 +618,7 @@ and where tasks are created, requests, and the exception-handler lookup."""
     ],
     ids=["failures-and-errors", "stopped-by-x", "xdist", "core-without-fixture"],
 )
+@pytest.mark.slow
 def test_starlette_is_as_it_was_after_a_session(
     pytester: pytest.Pytester,
     monkeypatch: pytest.MonkeyPatch,
@@ -651,6 +656,7 @@ def test_starlette_is_as_it_was_after_a_session(
         assert report["changed at the end"] == [], name
 
 
+@pytest.mark.slow
 def test_a_wrapper_left_on_top_of_the_plugin_is_left_as_it_is(pytester: pytest.Pytester) -> None:
     """The session check sees what is not restored: an instrumentation wrapper installed over
     the plugin's patch and never removed keeps the plugin's patch (inert) under it."""

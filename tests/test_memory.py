@@ -80,6 +80,7 @@ def held_after(pytester: pytest.Pytester, mode: str, *, keep: bool) -> int:
     return int(line.split()[-2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["run", "defer"])
 def test_a_test_that_scheduled_100000_tasks_leaves_less_than_2_mb_behind(
     pytester: pytest.Pytester, mode: str
@@ -87,5 +88,6 @@ def test_a_test_that_scheduled_100000_tasks_leaves_less_than_2_mb_behind(
     assert held_after(pytester, mode, keep=False) < 2_000_000
 
 
+@pytest.mark.slow
 def test_the_measure_sees_records_kept_past_their_test(pytester: pytest.Pytester) -> None:
     assert held_after(pytester, "run", keep=True) > 20_000_000

@@ -1,5 +1,5 @@
 """The mutation-testing setup's list of surviving mutants stays in step with the code. (The
-mutation run itself is not part of the suite: see "Mutation testing" in the README.)"""
+mutation run itself is not part of the suite: see docs/maintainers/mutation.md.)"""
 
 from __future__ import annotations
 

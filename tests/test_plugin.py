@@ -708,6 +708,7 @@ def pytest_sessionfinish(session):
 """
 
 
+@pytest.mark.slow
 def test_a_session_that_never_uses_the_plugin_imports_and_patches_nothing(
     pytester: pytest.Pytester,
 ) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test starts a pytest process
+
 APP = """
 import pytest
 from starlette.applications import Starlette

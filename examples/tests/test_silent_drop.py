@@ -59,6 +59,7 @@ def test_welcome_back(bg_client):
 """
 
 
+@pytest.mark.slow  # a pytest session of its own, in a subprocess
 def test_a_silently_dropped_email_fails_the_test_at_teardown(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
