@@ -125,13 +125,16 @@ def check_fits(expected: ExpectedTask, caller: str) -> None:
 
 def binding_problem(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """Why `func(*args, **kwargs)` cannot be a call of `func`, with what to do; None when it
-    can (or when `func` has no signature to tell)."""
+    can (or when `func` has no signature to tell). A function defined in a class may be called
+    as a method, without its first parameter."""
     signature = _signature(func)
     if signature is None:
         return None
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
+        if _is_method_function(func) and _fits(_without_first(signature), args, kwargs):
+            return None
         shown = f"{target_name(func)}{_plain(signature)}"
         unknown = [name for name in kwargs if name not in signature.parameters]
         if unknown and not _takes_any_keyword(signature):
@@ -142,6 +145,24 @@ def binding_problem(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             hint = " To match any value of an argument, pass unittest.mock.ANY for it."
         return f"does not fit {shown}: {exc}.{hint}"
     return None
+
+
+def _is_method_function(func: Any) -> bool:
+    """A plain function defined in a class body: `Mailer.send`."""
+    qualname = getattr(func, "__qualname__", "")
+    return inspect.isfunction(func) and "." in qualname.rpartition("<locals>.")[2]
+
+
+def _fits(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+def _without_first(signature: inspect.Signature) -> inspect.Signature:
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
 def _takes_any_keyword(signature: inspect.Signature) -> bool:
@@ -204,7 +225,7 @@ class Binding:
     def signature(self) -> inspect.Signature | None:
         signature = _signature(self.function)
         if signature is not None and self.without_self:
-            signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+            signature = _without_first(signature)
         return signature
 
 

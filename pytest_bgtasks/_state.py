@@ -89,11 +89,10 @@ class State:
             family.children.append(record)
         return record
 
-    def request_started(self, info: TaskRequest, kind: type[Request] = Request) -> Request | None:
-        """The request now beginning, tied to the captures active now; None when there are
-        none (the request then runs as if the plugin were not there)."""
-        captures = tuple(self.captures)
-        return kind(info, captures) if captures else None
+    def request_started(self, info: TaskRequest, kind: type[Request] = Request) -> Request:
+        """The request now beginning, tied to the captures active now (with none, nothing it
+        schedules is recorded, whatever capture starts meanwhile)."""
+        return kind(info, tuple(self.captures))
 
     def controller(self, record: TaskRecord) -> Runner | None:
         """The runner that decides what happens to the record's task: the innermost capture of

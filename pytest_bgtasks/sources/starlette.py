@@ -186,9 +186,6 @@ class StarletteSource:
                 await original(self, scope, receive, send)
                 return
             request = source.request_started(scope)
-            if request is None:
-                await original(self, scope, receive, send)
-                return
             token = current_request.set(request)
 
             async def watched_send(message: Any) -> None:
@@ -246,14 +243,13 @@ class StarletteSource:
             if problem is not None:
                 record.note_problem(problem)
 
-    def request_started(self, scope: Any) -> StarletteRequest | None:
+    def request_started(self, scope: Any) -> StarletteRequest:
         info = TaskRequest(scope.get("method", "WEBSOCKET"), scope.get("path", ""))
         request = self.state.request_started(info, StarletteRequest)
-        if isinstance(request, StarletteRequest):
-            request.kind = scope["type"]
-            request.scope = scope
-            return request
-        return None
+        assert isinstance(request, StarletteRequest)  # made by the class given
+        request.kind = scope["type"]
+        request.scope = scope
+        return request
 
     def request_finished(self, request: StarletteRequest) -> None:
         for record in request.records:
