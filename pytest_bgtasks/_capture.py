@@ -194,7 +194,7 @@ def _closest(expected: ExpectedTask, records: Sequence[TaskRecord]) -> str:
     same: list[tuple[int, TaskRecord, list[str]]] = []
     for record in records[-1000:]:
         func, args, kwargs = call_shape(record.func, record.args, record.kwargs)
-        binding = matcher.binding(func, record.name)
+        binding = matcher.binding(func, record)
         if binding is not None:
             found = mismatches(expected, binding, args, kwargs)
             same.append((len(found), record, found))

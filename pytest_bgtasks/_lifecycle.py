@@ -151,6 +151,7 @@ class Details:
 
 
 _NO_DETAILS = Details()
+_PENDING = TaskStatus.PENDING
 """Shared by every record that has no details; never written to."""
 
 
@@ -212,7 +213,7 @@ class TaskRecord:
         self.args = args
         self.kwargs = kwargs
         self.index = index
-        self.status = TaskStatus.PENDING
+        self.status = _PENDING
         self._site = site
         self._request = request
         self._called = False
@@ -342,8 +343,8 @@ class TaskRecord:
         """It is called: by its response, or by `run_deferred()`. A task settled as never run
         when an earlier response ended runs after all (its batch outlived that request)."""
         self._called = True
-        if self.status is not TaskStatus.PENDING:
-            self.status = TaskStatus.PENDING
+        if self.status is not _PENDING:
+            self.status = _PENDING
             if self._details.reason is not None:
                 self._more().reason = None
 

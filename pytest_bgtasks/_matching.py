@@ -253,7 +253,7 @@ class Matcher:
         func, args, kwargs = call.func, call.args, call.kwargs
         if type(func) is _partial:
             func, args, kwargs = call_shape(func, args, kwargs)
-        binding = self.binding(func, call.name)
+        binding = self.binding(func, call)
         if binding is None:
             return False
         return self.any_args or self._arguments_match(binding, args, kwargs)
@@ -262,19 +262,30 @@ class Matcher:
         return [call for call in calls if self(call)]
 
     def first(self, calls: Iterable[_C]) -> _C | None:
-        """The first of `calls` that matches, or None."""
-        target = self._target
-        if self.any_args:
-            for call in calls:
-                if call.func is target or self(call):
-                    return call
-            return None
+        """The first of `calls` that matches, or None. Calls of the target itself with the
+        expected shape (as many positional arguments, the same keywords) are compared as they
+        are, without a call of the matcher: most calls a test scans are of that kind."""
+        target, expected = self._target, self.expected
+        want_args, want_kwargs = expected.args, expected.kwargs
+        count = len(want_args)
+        any_args = self.any_args
         for call in calls:
+            if call.func is target:
+                if any_args:
+                    return call
+                args, kwargs = call.args, call.kwargs
+                if len(args) == count and kwargs.keys() == want_kwargs.keys():
+                    if _equal_args(want_args, args) and _equal_kwargs(want_kwargs, kwargs):
+                        return call
+                    continue
+                if self._arguments_match(self._own, args, kwargs):
+                    return call
+                continue
             if self(call):
                 return call
         return None
 
-    def binding(self, func: Any, name: str) -> Binding | None:
+    def binding(self, func: Any, call: Call) -> Binding | None:
         """How a call of `func` binds when it is a call of the target: to the target's
         signature, to the signature of the function of a method the target names by its
         class (`Mailer.send` for `Mailer().send`, without `self`), or for a name target, to the
@@ -283,7 +294,7 @@ class Matcher:
         if func is target:
             return self._own
         if isinstance(target, str):
-            if not names_match(target, name, func):
+            if not names_match(target, call.name, func):
                 return None
             return self._binding(*binding_of(func))
         if same_function(target, func):

@@ -65,16 +65,18 @@ class State:
     ) -> TaskRecord | None:
         """A record for a task the source saw, in every capture it belongs to (those active
         when its request began, or now outside any request); None when it belongs to none."""
+        logs = self.captures if request is None else request.captures
         with self.lock:
-            if request is None:
-                logs = self.captures
-            else:
-                logs = [log for log in request.captures if log._active]
+            for log in logs:
+                if not log._active:  # one that stopped since its request began
+                    logs = [log for log in logs if log._active]
+                    break
             if not logs:
                 return None
             first = logs[0]._records
             record = TaskRecord(source, handle, func, args, kwargs, len(first), site, request)
-            for log in logs:
+            first.append(record)
+            for log in logs[1:]:
                 log._records.append(record)
         if request is not None:
             request.records.append(record)

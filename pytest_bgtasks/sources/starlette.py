@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 _FRAMEWORK = ("starlette.", "fastapi.", "pytest_bgtasks.")
 
+_NO_INITS: frozenset[types.CodeType] = frozenset()
+
 _executing: contextvars.ContextVar[object] = contextvars.ContextVar(
     "pytest_bgtasks_executing", default=None
 )
@@ -85,6 +87,8 @@ class StarletteSource:
         """For each task class met: the `__call__` that runs its tasks, unpatched."""
         self.watched: set[type[Any]] = set()
         """Task subclasses with a `__call__` of their own, patched too."""
+        self.base_call: Any = None
+        """`BackgroundTask.__call__` as it was before the patch: what runs a plain task."""
         self.inits: dict[type[Any], frozenset[types.CodeType]] = {}
         """For each task subclass met: the code of its own `__init__` methods."""
         self.framework: dict[types.CodeType, bool] = {}
@@ -109,6 +113,7 @@ class StarletteSource:
         for cls in self.watched:
             patches.install(cls, "__call__", self._task_call)
         self.calls = {}
+        self.base_call = patches.original(self.BackgroundTask, "__call__")
 
     def _handler_owners(self) -> list[object]:
         try:  # Starlette >= 0.28
@@ -168,7 +173,14 @@ class StarletteSource:
             if source is None or not source.state.captures or _executing.get() is self:
                 await original(self)
                 return
-            await source.called(self, original)
+            record = source.records.get(id(self))
+            if record is None or record._handle is not self or record._called:
+                record = source.record_for_call(self, record)
+            runner = source.state.controller(record) if record is not None else None
+            if runner is None or record is None:
+                await original(self)
+                return
+            await runner.dispatch(record)
 
         return __call__
 
@@ -227,18 +239,18 @@ class StarletteSource:
 
     def created(self, task: Any) -> None:
         """A `BackgroundTask` was made while a capture is active."""
-        request = current_request.get()
+        cls: type[Any] = task.__class__
+        func = task.func
+        site = self._call_site(_NO_INITS if cls is self.BackgroundTask else self._inits(cls))
         record = self.state.new_record(
-            self, task, task.func, task.args, task.kwargs, self._call_site(task), request
+            self, task, func, task.args, task.kwargs, site, current_request.get()
         )
         if record is None:
             return
         self.records[id(task)] = record
-        cls: type[Any] = task.__class__
         if cls is not self.BackgroundTask:
             self._watch(cls)
-        func = task.func
-        if not isinstance(func, types.FunctionType):
+        if type(func) is not types.FunctionType:
             problem = _misuse(func)
             if problem is not None:
                 record.note_problem(problem)
@@ -256,31 +268,21 @@ class StarletteSource:
             if record.waiting:
                 self._settle(record, request)
 
-    async def called(self, task: Any, original: Any) -> None:
-        """A response (or anything else) calls a task."""
-        __tracebackhide__ = True
-        record = self._record_for_call(task)
-        runner = self.state.controller(record) if record is not None else None
-        if runner is None or record is None:
-            await original(task)
-            return
-        await runner.dispatch(record)
-
-    def _record_for_call(self, task: Any) -> TaskRecord | None:
+    def record_for_call(self, task: Any, known: TaskRecord | None) -> TaskRecord | None:
+        """The record of a task called that has none ready: made before the capture, or called
+        a second time (a response reused across requests)."""
+        if known is not None and known._handle is not task:
+            known = None  # a record of a task long gone, whose id this one reuses
+        if known is not None and not known._called:
+            return known
+        site = known._site if known is not None else None
         request = current_request.get()
-        record = self.records.get(id(task))
-        if record is not None and record._handle is not task:
-            record = None  # a record of a task long gone, whose id this one reuses
-        if record is not None and not record._called:
-            return record
-        site = record._site if record is not None else None
         new = self.state.new_record(self, task, task.func, task.args, task.kwargs, site, request)
         if new is None:
             return None
         self.records[id(task)] = new
-        if record is not None:
-            # The same BackgroundTask object runs again: a response reused across requests.
-            new.ran_before(record, _messages.ran_before(record))
+        if known is not None:
+            new.ran_before(known, _messages.ran_before(known))
         return new
 
     # -- running tasks as Starlette runs them ----------------------------------------------
@@ -294,6 +296,9 @@ class StarletteSource:
         task = record._handle
         cls: type[Any] = task.__class__
         original = self._call_of(cls)
+        if fake is None and task.is_async and original is self.base_call:
+            await original(task)  # the common case: nothing to swap, nothing returned
+            return None
         returned: list[Any] = []
         runner = task
         if fake is not None or not task.is_async:
@@ -304,7 +309,7 @@ class StarletteSource:
                 runner.is_async = self.is_async_callable(fake)
             if not runner.is_async:
                 runner.func = _returning(runner.func, returned.append)
-        if original is self.patches.original(self.BackgroundTask, "__call__"):
+        if original is self.base_call:
             await original(runner)
         else:  # a subclass's own __call__, which may call BackgroundTask.__call__ in turn
             token = _executing.set(runner)
@@ -406,18 +411,17 @@ class StarletteSource:
 
     # -- where things happened -------------------------------------------------------------
 
-    def _call_site(self, task: Any) -> Site | None:
+    def _call_site(self, skipped: frozenset[types.CodeType]) -> Site | None:
         """Where the task being created comes from: the code and instruction of the app that
-        created it, outside Starlette, FastAPI, this plugin and the task's own `__init__`."""
+        created it, outside Starlette, FastAPI, this plugin and the task's own `__init__`
+        methods (`skipped`)."""
         framework = self.framework
-        cls: type[Any] = task.__class__
-        skipped = self._inits(cls)
-        frame: types.FrameType | None = sys._getframe(1)
+        frame: types.FrameType | None = sys._getframe(2)  # the patch, then what called it
         while frame is not None:
             code = frame.f_code
             inside = framework.get(code)
             if inside is None:
-                module = frame.f_globals.get("__name__", "") + "."
+                module = str(frame.f_globals.get("__name__", "")) + "."
                 inside = framework[code] = module.startswith(_FRAMEWORK)
             if not inside and code not in skipped:
                 offset = frame.f_lasti
@@ -429,8 +433,6 @@ class StarletteSource:
         return None  # pragma: no cover - the test itself is always on the stack
 
     def _inits(self, cls: type[Any]) -> frozenset[types.CodeType]:
-        if cls is self.BackgroundTask:
-            return frozenset()
         codes = self.inits.get(cls)
         if codes is None:
             codes = self.inits[cls] = frozenset(
