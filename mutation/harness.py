@@ -61,3 +61,8 @@ def _trampolines_are_library_frames() -> None:
     source: Any = sys.modules.get("pytest_bgtasks.sources.starlette")
     if source is not None and "mutmut." not in source._FRAMEWORK:
         source._FRAMEWORK = (*source._FRAMEWORK, "mutmut.")
+        # Frames already looked at were judged without it: judge them again.
+        state: Any = sys.modules.get("pytest_bgtasks._state")
+        live = state.current() if state is not None else None
+        for each in live.sources.values() if live is not None else ():
+            getattr(each, "framework", {}).clear()

@@ -141,7 +141,7 @@ class TaskLog:
                 return record
         records = self.tasks
         hint = (
-            _messages.matching_hint(found[0], str(status)) if found else _closest(expected, records)
+            _messages.matching_hint(found[0]) if found else _closest(expected, records)
         )
         raise AssertionError(_messages.missing(expected, outcome, records, hint))
 

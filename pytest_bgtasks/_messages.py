@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from ._lifecycle import TaskRecord, TaskStatus, display_path
 from ._matching import ExpectedTask
 
+DOCS = "https://pytest-bgtasks.github.io/pytest-bgtasks/"
+"""The documentation site: messages end with a link to the page that explains the fix."""
 LISTED_AT_MOST = 50
 """Records listed in one message; the rest are counted."""
 
@@ -35,11 +37,15 @@ def bullets(records: Sequence[TaskRecord]) -> str:
     return "\n".join(lines)
 
 
+ASSERTIONS = f"See {DOCS}assertions/#matching"
+
+
 def missing(expected: ExpectedTask, outcome: str, records: Sequence[TaskRecord], hint: str) -> str:
     """`No background task matching f('a') was added.` with what was added instead."""
     lines = [f"No background task matching {expected.call} {outcome}.", listing(records)]
     if hint:
         lines.append(hint)
+    lines.append(ASSERTIONS)
     return "\n".join(lines)
 
 
@@ -50,28 +56,36 @@ def unexpected(expected: ExpectedTask | None, found: Sequence[TaskRecord], wante
     else:
         head = f"Expected {count(wanted)}{matching}, but {len(found)} {was(len(found))} added"
         head += ":" if found else "."
-    return "\n".join([head, bullets(found)]) if found else head
+    return "\n".join([head, bullets(found), ASSERTIONS] if found else [head, ASSERTIONS])
 
 
 def status_hint(record: TaskRecord) -> str:
-    """Why a record that matches did not reach the status an assertion wanted."""
+    """What became of a record that matches, instead of the status an assertion wanted: a
+    phrase that follows "The matching task #N"."""
     status = record.status
     if status is TaskStatus.PENDING:
-        return "its response has not finished"
+        return "is still pending: its response has not finished"
     if status is TaskStatus.DEFERRED:
-        return "run it with bgtasks.run_deferred() (await bgtasks.arun_deferred() in async tests)"
+        return (
+            "is deferred: run it with bgtasks.run_deferred() (await bgtasks.arun_deferred() in "
+            "async tests)"
+        )
     if status is TaskStatus.SKIPPED:
-        return 'it was skipped (mode "skip" or bgtasks.skip())'
+        return 'was skipped (mode "skip" or bgtasks.skip())'
     if status is TaskStatus.RAN:
-        return "it ran without raising"
+        return "ran without raising"
     if status is TaskStatus.FAILED:
-        return f"it raised {record.exception!r}"
-    return record.reason or str(status)
+        return f"failed: {record.problem or f'it raised {record.exception!r}'}"
+    reason = record.reason or ""
+    if reason.startswith("cancelled"):
+        return f"was {reason}"
+    for prefix in ("never run: ", "not run: ", "never started: "):
+        reason = reason.removeprefix(prefix)
+    return f"was {status}: {reason}"
 
 
-def matching_hint(record: TaskRecord, wanted: str) -> str:
-    hint = status_hint(record)
-    return f"The matching task #{record.index} is {record.status}, not {wanted}: {hint}."
+def matching_hint(record: TaskRecord) -> str:
+    return f"The matching task #{record.index} {status_hint(record)}."
 
 
 def out_of_order(
@@ -93,16 +107,42 @@ def out_of_order(
     if earlier is not None:
         lines.append(f"{earlier.call} was added at #{earlier.index}, before that.")
     lines.append(listing(records))
+    lines.append(ASSERTIONS)
     return "\n".join(lines)
+
+
+def _them(n: int) -> str:
+    return "it" if n == 1 else "them"
+
+
+CATCHES = f"{DOCS}catches/"
+ADVICE = {
+    "dropped": 'If this is expected, use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".',
+    "ran_again": (
+        "Build the response (and its background) inside the endpoint; if this is expected, "
+        'use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".'
+    ),
+}
+"""The advice that ends a finding made a failure; as a warning, it says how to silence it."""
+WARNING_ADVICE = {
+    "dropped": 'If this is expected, silence it with @pytest.mark.bgtasks(on_dropped="ignore").',
+    "ran_again": (
+        "Build the response (and its background) inside the endpoint; if this is expected, "
+        'silence it with @pytest.mark.bgtasks(on_dropped="ignore").'
+    ),
+}
+
+
+def as_warning(kind: str, message: str) -> str:
+    """A finding's message, for a warning rather than a failure."""
+    return message.replace(ADVICE[kind], WARNING_ADVICE[kind])
 
 
 def dropped(records: Sequence[TaskRecord]) -> str:
     n = len(records)
     return (
-        f"{count(n)} {was(n)} added but never run: its response never carried "
-        f"{'it' if n == 1 else 'them'}.\n"
-        f"{bullets(records)}\n"
-        'If this is expected, use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".'
+        f"{count(n)} {was(n)} added but never run: no response carried {_them(n)}.\n"
+        f"{bullets(records)}\n{ADVICE['dropped']}\nSee {CATCHES}#dropped"
     )
 
 
@@ -111,9 +151,7 @@ def ran_again(records: Sequence[TaskRecord]) -> str:
     return (
         f"{count(n)} ran again: the same BackgroundTask object had already run, so a response "
         "object is reused across requests and replays its tasks.\n"
-        f"{bullets(records)}\n"
-        "Build the response (and its background) inside the endpoint; if this is expected, "
-        'use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".'
+        f"{bullets(records)}\n{ADVICE['ran_again']}\nSee {CATCHES}#ran-again"
     )
 
 
@@ -132,6 +170,7 @@ def unseen_failures(
         "If the test expects this, assert it with bgtasks.assert_task_failed(...) and "
         "use @pytest.mark.bgtasks(allow_failures=True)."
     )
+    parts.append(f"See {CATCHES}#hidden-failure")
     return "\n".join(parts)
 
 
@@ -139,10 +178,11 @@ def did_nothing(records: Sequence[TaskRecord]) -> str:
     """Tasks whose sync function returned an awaitable: they "ran" without doing their work."""
     n = len(records)
     return (
-        f"{count(n)} never did {'its' if n == 1 else 'their'} work: a sync function returned "
-        "a coroutine, which nobody awaits.\n"
+        f"{count(n)} never did {'its' if n == 1 else 'their'} work: Starlette called "
+        f"{_them(n)} and dropped what {'it' if n == 1 else 'they'} returned.\n"
         f"{bullets(records)}\n"
-        "If the test expects this, use @pytest.mark.bgtasks(allow_failures=True)."
+        "If the test expects this, use @pytest.mark.bgtasks(allow_failures=True).\n"
+        f"See {CATCHES}#misuse"
     )
 
 
@@ -162,7 +202,8 @@ def unrun_deferred(records: Sequence[TaskRecord]) -> str:
     n = len(records)
     return (
         f"{count(n, 'deferred background task')} {was(n)} never run:\n{bullets(records)}\n"
-        "Run them with bgtasks.run_deferred(), or drop assert_all_run=True."
+        f"Run {_them(n)} with bgtasks.run_deferred(), or drop assert_all_run=True.\n"
+        f"See {CATCHES}#left-unrun"
     )
 
 

@@ -242,12 +242,16 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
 
 def _complaints(findings: list[Finding], settings: Settings) -> tuple[list[str], list[str]]:
     """The findings the settings make failures, and those they make warnings."""
+    from ._messages import as_warning
+
     errors: list[str] = []
     warns: list[str] = []
     for finding in findings:
         if finding.kind in ("dropped", "ran_again"):
-            if settings.on_dropped != "ignore":
-                (errors if settings.on_dropped == "fail" else warns).append(finding.message)
+            if settings.on_dropped == "fail":
+                errors.append(finding.message)
+            elif settings.on_dropped == "warn":
+                warns.append(as_warning(finding.kind, finding.message))
         elif finding.kind in ("hidden_failure", "did_nothing"):
             if not settings.allow_failures:
                 errors.append(finding.message)

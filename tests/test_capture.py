@@ -993,15 +993,17 @@ def test_a_sync_callable_returning_a_coroutine_is_reported_as_failed(
     # Unless allowed, the test fails at teardown (the marker allows it; the verdict is here).
     listed = f"- <lambda>() [failed] POST /work  ({apps.site('lambda', __file__)})\n    {record.problem}\n"
     assert [finding.message for finding in bgtasks.findings()] == [
-        "1 background task never did its work: a sync function returned a coroutine, which "
-        f"nobody awaits.\n{listed}"
-        "If the test expects this, use @pytest.mark.bgtasks(allow_failures=True)."
+        "1 background task never did its work: Starlette called it and dropped what it "
+        f"returned.\n{listed}"
+        "If the test expects this, use @pytest.mark.bgtasks(allow_failures=True).\n"
+        "See https://pytest-bgtasks.github.io/pytest-bgtasks/catches/#misuse"
     ]
     assert post_quietly() == 200
     assert [finding.message for finding in bgtasks.findings()] == [
-        "2 background tasks never did their work: a sync function returned a coroutine, which "
-        f"nobody awaits.\n{listed}{listed}"
-        "If the test expects this, use @pytest.mark.bgtasks(allow_failures=True)."
+        "2 background tasks never did their work: Starlette called them and dropped what they "
+        f"returned.\n{listed}{listed}"
+        "If the test expects this, use @pytest.mark.bgtasks(allow_failures=True).\n"
+        "See https://pytest-bgtasks.github.io/pytest-bgtasks/catches/#misuse"
     ]
 
 

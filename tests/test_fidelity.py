@@ -107,12 +107,13 @@ def test_what_an_endpoint_made_besides_its_own_background_is_dropped(
         ("made-apart", "made-apart-too") if own == "task" else ("injected", "injected-too")
     )
     assert [finding.message for finding in bgtasks.findings()] == [
-        "2 background tasks were added but never run: its response never carried them.\n"
+        "2 background tasks were added but never run: no response carried them.\n"
         f"- sync_job('welcome') [dropped] POST /signup  ({apps.site(first, __file__)})\n"
         f"{reason}\n"
         f"- sync_job('audit') [dropped] POST /signup  ({apps.site(second, __file__)})\n"
         f"{reason}\n"
-        'If this is expected, use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".'
+        'If this is expected, use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".\n'
+        "See https://pytest-bgtasks.github.io/pytest-bgtasks/catches/#dropped"
     ]
     assert apps.ran == [("async_job", "own")]
 
@@ -315,7 +316,8 @@ def test_a_response_reused_across_requests_replays_its_tasks(
         f"- sync_job('cached') [ran] POST /work  ({first.added_at})\n"
         f"    {again.problem}\n"
         "Build the response (and its background) inside the endpoint; if this is expected, "
-        'use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".'
+        'use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".\n'
+        "See https://pytest-bgtasks.github.io/pytest-bgtasks/catches/#ran-again"
     ]
 
 
@@ -758,6 +760,7 @@ def test_a_task_exception_the_client_hid_is_reported(
                 f"    ZeroDivisionError: {shown}",
                 "If the test expects this, assert it with bgtasks.assert_task_failed(...) "
                 "and use @pytest.mark.bgtasks(allow_failures=True).",
+                "See https://pytest-bgtasks.github.io/pytest-bgtasks/catches/#hidden-failure",
             ]
         )
     ]

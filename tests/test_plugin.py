@@ -11,6 +11,8 @@ import pytest
 import manual
 from pytest_bgtasks import BackgroundTaskCapture
 
+CATCHES = "https://pytest-bgtasks.github.io/pytest-bgtasks/catches/"
+
 APP = """
 import pytest
 from fastapi import BackgroundTasks, FastAPI, HTTPException
@@ -18,6 +20,8 @@ from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 from starlette.testclient import TestClient
 from pytest_bgtasks import TaskStatus, assert_task_added
+
+CATCHES = "https://pytest-bgtasks.github.io/pytest-bgtasks/catches/"
 
 done = []
 
@@ -309,7 +313,7 @@ def test_a_dropped_task_fails_the_test_at_teardown(pytester: pytest.Pytester) ->
     result.stdout.fnmatch_lines(
         [
             "*_ ERROR at teardown of test_it _*",
-            "1 background task was added but never run: its response never carried it.",
+            "1 background task was added but never run: no response carried it.",
             f"- send_welcome_email('a@b.com') [dropped] POST /own-background  ({email})",
             "    never run: the response carried audit('replaced') instead; an endpoint that returns "
             "a response with its own `background` replaces the injected BackgroundTasks",
@@ -457,8 +461,7 @@ def test_a_task_that_returned_a_coroutine_fails_the_test(pytester: pytest.Pytest
     result.stdout.fnmatch_lines(
         [
             "*_ ERROR at teardown of test_notify _*",
-            "1 background task never did its work: a sync function returned a coroutine, which "
-            "nobody awaits.",
+            "1 background task never did its work: Starlette called it and dropped what it returned.",
             f"- <lambda>() [failed] POST /notify  (test_it.py:{line})",
             "    <lambda> is a sync callable that returned <coroutine object notify>, which nobody "
             "awaits: Starlette runs sync tasks in a thread and drops what they return; give "
@@ -495,7 +498,8 @@ def test_assert_all_run_fails_on_deferred_tasks_left_unrun(pytester: pytest.Pyte
             "*_ ERROR at teardown of test_left _*",
             "1 deferred background task was never run:",
             f"- send_welcome_email('a@b.com') [deferred] POST /signup  ({site(pytester, '# signup')})",
-            "Run them with bgtasks.run_deferred(), or drop assert_all_run=True.",
+            "Run it with bgtasks.run_deferred(), or drop assert_all_run=True.",
+            f"See {CATCHES}#left-unrun",
         ]
     )
     pytester.makeini("[pytest]\nbgtasks_assert_all_run = true\n")

@@ -204,7 +204,7 @@ def test_the_plugin_surface_with_a_starlette_app(pytester: pytest.Pytester) -> N
         [
             "bgtasks: mode=run",
             "*ERROR at teardown of test_dropped*",
-            "1 background task was added but never run: its response never carried it.",
+            "1 background task was added but never run: no response carried it.",
             "- send_welcome_email('lost') [dropped] POST /forgetful  (conftest.py:16)",
             "*_ test_failing _*",
             "*- Captured background tasks -*",

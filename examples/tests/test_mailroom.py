@@ -293,6 +293,7 @@ def test_missing_task_is_reported_with_what_was_added(bg_client: TestClient) -> 
         f"- audit('user.signup', user_id=1) [ran] POST /signup  ({audit_site})",
         f"- send_welcome_email('b@b.com') [ran] POST /signup  ({email_site})",
         "Closest: send_welcome_email: arg 'email' expected 'a@b.com', got 'b@b.com'",
+        "See https://pytest-bgtasks.github.io/pytest-bgtasks/assertions/#matching",
     ]
 
 

@@ -76,7 +76,7 @@ def test_a_silently_dropped_email_fails_the_test_at_teardown(
     result.stdout.fnmatch_lines(
         [
             "*_ ERROR at teardown of test_welcome_back _*",
-            "1 background task was added but never run: its response never carried it.",
+            "1 background task was added but never run: no response carried it.",
             f"- send_welcome_email('a@b.com') [dropped] POST /welcome-back  ({email_site})",
             "    never run: the response carried audit('user.welcome_back') instead; an endpoint "
             "that returns a response with its own `background` replaces the injected "
