@@ -43,6 +43,11 @@ def _subprocesses_run_the_mutant(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup() -> None:
+    _trampolines_are_library_frames()
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call() -> None:
     _trampolines_are_library_frames()
 
@@ -58,7 +63,11 @@ def _trampolines_are_library_frames() -> None:
     findings: Any = sys.modules.get("pytest_bgtasks._findings")
     if findings is not None and "mutmut." not in findings.LIBRARY_MODULES:
         findings.LIBRARY_MODULES = (*findings.LIBRARY_MODULES, "mutmut.")
-    source: Any = sys.modules.get("pytest_bgtasks.sources.starlette")
+    for name in ("pytest_bgtasks.sources.starlette", "pytest_bgtasks.sources.celery"):
+        _mutmut_is_framework(sys.modules.get(name))
+
+
+def _mutmut_is_framework(source: Any) -> None:
     if source is not None and "mutmut." not in source._FRAMEWORK:
         source._FRAMEWORK = (*source._FRAMEWORK, "mutmut.")
         # Frames already looked at were judged without it: judge them again.

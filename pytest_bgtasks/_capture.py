@@ -140,9 +140,7 @@ class TaskLog:
             if record.status is status:
                 return record
         records = self.tasks
-        hint = (
-            _messages.matching_hint(found[0]) if found else _closest(expected, records)
-        )
+        hint = _messages.matching_hint(found[0]) if found else _closest(expected, records)
         raise AssertionError(_messages.missing(expected, outcome, records, hint))
 
     def assert_task_count(self, expected: int, func: Target | None = None) -> list[TaskRecord]:
@@ -352,6 +350,20 @@ class BackgroundTaskCapture(TaskLog):
         __tracebackhide__ = True
         selector, seconds = _deferred_args(only, limit, timeout, "arun_deferred()")
         return await self._control.arun_deferred(selector, limit, seconds)
+
+    def wait(self, timeout: float = 10.0) -> list[TaskRecord]:
+        """Block until no task sent to a worker (mode "worker") is still running, and return
+        every record. A TimeoutError names those still running after `timeout` seconds."""
+        __tracebackhide__ = True
+        seconds = check_timeout(timeout, "bgtasks.wait()")
+        assert seconds is not None  # checked
+        state = _state.current()
+        for source in state.sources.values() if state is not None else ():
+            source.wait(self._records, seconds)
+        still = [record for record in self._records if record.running]
+        if still:
+            raise TimeoutError(_messages.still_running(still, seconds))
+        return self.tasks
 
     def report(self) -> str:
         """The "Captured background tasks" section of a failing test's report."""

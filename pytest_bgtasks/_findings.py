@@ -17,9 +17,11 @@ import pytest_bgtasks._messages as _messages
 
 from ._lifecycle import TaskRecord, TaskStatus
 
-FindingKind = Literal["dropped", "ran_again", "hidden_failure", "did_nothing", "unrun"]
+FindingKind = Literal[
+    "dropped", "ran_again", "hidden_failure", "did_nothing", "unrun", "unfinished"
+]
 """`dropped` and `ran_again` are checked by `on_dropped`; `hidden_failure` and `did_nothing`
-by `allow_failures`; `unrun` by `assert_all_run`."""
+by `allow_failures`; `unrun` and `unfinished` by `assert_all_run`."""
 
 LIBRARY_MODULES = (
     "pytest_bgtasks.",
@@ -99,12 +101,19 @@ def unrun(records: Sequence[TaskRecord]) -> Finding | None:
     return Finding("unrun", tuple(found), _messages.unrun_deferred(found)) if found else None
 
 
+def unfinished(records: Sequence[TaskRecord]) -> Finding | None:
+    """Tasks still running: sent to a worker that has not finished them."""
+    found = [r for r in records if r.running]
+    return Finding("unfinished", tuple(found), _messages.unfinished(found)) if found else None
+
+
 CHECKS: tuple[Callable[[Sequence[TaskRecord]], Finding | None], ...] = (
     dropped,
     ran_again,
     hidden_failures,
     did_nothing,
     unrun,
+    unfinished,
 )
 
 

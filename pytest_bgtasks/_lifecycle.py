@@ -100,7 +100,7 @@ class Request:
     """One request while it runs, as the core sees it: the captures active when it began,
     the records made in it, and what escaped it. Sources add what they need in subclasses."""
 
-    __slots__ = ("captures", "error", "error_traceback", "info", "records", "status")
+    __slots__ = ("after", "captures", "error", "error_traceback", "info", "records", "status")
 
     def __init__(self, info: TaskRequest, captures: tuple[Any, ...]) -> None:
         self.info = info
@@ -114,6 +114,9 @@ class Request:
         """What the request raised, as it left the app."""
         self.error_traceback: types.TracebackType | None = None
         """Where it left the app: frames before this one in its traceback are past the app."""
+        self.after: list[Callable[[], None]] = []
+        """What runs once the request is over: work another source holds until then (Celery
+        tasks sent by the endpoint, as a worker would pick them up)."""
 
 
 class Details:
@@ -409,6 +412,39 @@ class TaskRecord:
         self._details.passed_over = False
         self._called = False
         return True
+
+    def scheduled_by(self, parent: TaskRecord) -> None:
+        """`parent` was running when this task was scheduled (or sent it, for Celery)."""
+        details = self._more()
+        details.parent = parent
+        details.generation = parent._details.generation + 1
+        family = parent._more()
+        if family.children is None:
+            family.children = []
+        family.children.append(self)
+
+    def refused(self, problem: str) -> None:
+        """It can never run as sent (a name no worker knows, arguments that do not bind):
+        FAILED at once, with the problem."""
+        self.status = TaskStatus.FAILED
+        details = self._more()
+        details.problem = problem
+        details.did_nothing = True
+        details.exception = LookupError(problem)
+
+    def celery(self, task_id: str, options: dict[str, Any]) -> None:
+        """A Celery send: its id and how it was sent."""
+        details = self._more()
+        details.task_id = task_id
+        details.options = options
+
+    def retried(self, retries: int) -> None:
+        """Sent again for a retry: waiting to run once more."""
+        self.status = _PENDING
+        self._called = False
+        details = self._more()
+        details.retries = retries
+        details.exception = None
 
     def note_problem(self, problem: str) -> None:
         self._more().problem = problem

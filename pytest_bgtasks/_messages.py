@@ -178,8 +178,7 @@ def did_nothing(records: Sequence[TaskRecord]) -> str:
     """Tasks whose sync function returned an awaitable: they "ran" without doing their work."""
     n = len(records)
     return (
-        f"{count(n)} never did {'its' if n == 1 else 'their'} work: Starlette called "
-        f"{_them(n)} and dropped what {'it' if n == 1 else 'they'} returned.\n"
+        f"{count(n)} never did {'its' if n == 1 else 'their'} work:\n"
         f"{bullets(records)}\n"
         "If the test expects this, use @pytest.mark.bgtasks(allow_failures=True).\n"
         f"See {CATCHES}#misuse"
@@ -204,6 +203,23 @@ def unrun_deferred(records: Sequence[TaskRecord]) -> str:
         f"{count(n, 'deferred background task')} {was(n)} never run:\n{bullets(records)}\n"
         f"Run {_them(n)} with bgtasks.run_deferred(), or drop assert_all_run=True.\n"
         f"See {CATCHES}#left-unrun"
+    )
+
+
+def unfinished(records: Sequence[TaskRecord]) -> str:
+    n = len(records)
+    return (
+        f"{count(n)} {was(n)} still running when the test ended:\n{bullets(records)}\n"
+        f"Wait for {_them(n)} with bgtasks.wait(), or drop assert_all_run=True.\n"
+        f"See {CATCHES}#left-unrun"
+    )
+
+
+def still_running(records: Sequence[TaskRecord], timeout: float) -> str:
+    n = len(records)
+    return (
+        f"bgtasks.wait() gave up after {timeout:g} seconds: {count(n)} {was(n)} still "
+        f"running:\n{bullets(records)}"
     )
 
 
@@ -289,6 +305,21 @@ def coroutine_given(name: str) -> str:
 
 def not_callable(func: object) -> str:
     return f"add_task() was given {func!r}, which is not callable"
+
+
+def celery_unknown(name: str) -> str:
+    return (
+        f"send_task({name!r}): no Celery app in this process registers a task of that name; "
+        "a worker would drop it"
+    )
+
+
+def celery_unknown_to_worker(name: str) -> str:
+    return f"the worker does not know a task named {name!r}: it dropped the message"
+
+
+def celery_does_not_bind(name: str, error: TypeError) -> str:
+    return f"the arguments do not fit {name}: {error}; the task would fail in the worker"
 
 
 def no_capture(caller: str) -> str:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _MAX_ARG_REPR = 200
 _partial = functools.partial
+
+NAMERS: list[Callable[[object], str | None]] = []
+"""Ways sources name the callables of their framework (a Celery task object by its function's
+name), tried before the generic ones; a source adds its own when installed."""
 
 
 def call_shape(
@@ -33,6 +37,10 @@ def callable_name(func: object) -> str:
         func = func.func
     if inspect.iscoroutine(func):
         return f"<coroutine object {_short(func.__qualname__)}>"
+    for namer in NAMERS:
+        named = namer(func)
+        if named is not None:
+            return named
     if inspect.ismethod(func):
         func = func.__func__
     qualname = getattr(func, "__qualname__", None)

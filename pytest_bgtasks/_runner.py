@@ -29,6 +29,9 @@ from ._matching import ExpectedTask, Matcher
 from ._settings import Mode
 
 Action = Literal["fail", "skip", "defer", "replace"]
+ACTIONS: tuple[Action, ...] = ("fail", "skip", "defer", "replace")
+RUNNING: tuple[Action, ...] = ("fail", "skip", "replace")
+"""The rules a held task being run obeys: it is not held again."""
 MAX_GENERATIONS = 100
 """How deep `run_deferred()` follows tasks that schedule tasks before it stops."""
 
@@ -97,10 +100,10 @@ class Runner:
     def add(self, rule: Rule) -> None:
         self.rules.append(rule)
 
-    def rule_for(self, record: TaskRecord, *, deferred: bool = False) -> Rule | None:
-        """The last rule added that matches (a held task being run is not held again)."""
+    def rule_for(self, record: TaskRecord, actions: tuple[Action, ...] = ACTIONS) -> Rule | None:
+        """The last rule added, of `actions`, that matches."""
         for rule in reversed(self.rules):
-            if deferred and rule.action == "defer":
+            if rule.action not in actions:
                 continue
             if rule.applies(record):
                 rule.used += 1
@@ -157,7 +160,7 @@ class Runner:
             running.reset(token)
         if problem is not None:
             record.did_nothing(problem)
-        else:
+        elif record.running:  # unless the source recorded the outcome itself (Celery)
             record.ran()
 
     # -- run_deferred() --------------------------------------------------------------------
@@ -250,7 +253,8 @@ class _DeferredRun:
         context.run(current_request.set, None)  # it runs now, outside any request
         record.start()
         self.ran.append(record)
-        rule = runner.rule_for(record, deferred=True) if runner.rules else None
+        actions: tuple[Action, ...] = ("skip",) if record._source.runs_rules else RUNNING
+        rule = runner.rule_for(record, actions) if runner.rules else None
         if rule is not None and rule.action == "skip":
             record.skip()
             return

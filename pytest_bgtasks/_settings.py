@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, get_args
 
-Mode = Literal["run", "defer", "skip"]
-"""What happens to a task no rule matches, when its response would run it."""
+Mode = Literal["run", "defer", "skip", "worker"]
+"""What happens to a task no rule matches, when its response would run it. "worker" sends
+Celery tasks to a real worker; BackgroundTasks run as in "run"."""
 MODES: tuple[Mode, ...] = get_args(Mode)
 OnDropped = Literal["fail", "warn", "ignore"]
 """What teardown does about a task its response never carried."""

@@ -82,19 +82,19 @@ class State:
             request.records.append(record)
         parent = running.get()
         if parent is not None:
-            details = record._more()
-            details.parent = parent
-            details.generation = parent._details.generation + 1
-            family = parent._more()
-            if family.children is None:
-                family.children = []
-            family.children.append(record)
+            record.scheduled_by(parent)
         return record
 
     def request_started(self, info: TaskRequest, kind: type[Request] = Request) -> Request:
         """The request now beginning, tied to the captures active now (with none, nothing it
         schedules is recorded, whatever capture starts meanwhile)."""
         return kind(info, tuple(self.captures))
+
+    def request_finished(self, request: Request) -> None:
+        """The request is over: run what sources held until then."""
+        after, request.after = request.after, []
+        for run in after:
+            run()
 
     def controller(self, record: TaskRecord) -> Runner | None:
         """The runner that decides what happens to the record's task: the innermost capture of
@@ -114,6 +114,10 @@ class State:
                 raise RuntimeError("This capture is active already.")
             log._active = True
             self.captures.append(log)
+            first = len(self.captures) == 1
+        if first:
+            for source in list(self.sources.values()):
+                source.activate()
 
     def pop(self, log: Log) -> None:
         with self.lock:
@@ -145,6 +149,8 @@ class State:
                 source = importlib.import_module(module).create(self)
                 self.sources[name] = source
                 source.install()
+                if self.captures:
+                    source.activate()
 
     def uninstall(self) -> None:
         for source in self.sources.values():

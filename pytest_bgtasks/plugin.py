@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 MARKER = (
     "bgtasks(*, mode=None, on_dropped=None, allow_failures=None, assert_all_run=None): "
-    "capture background tasks in this test; mode is run, defer or skip, on_dropped is "
+    "capture background tasks in this test; mode is run, defer, skip or worker, on_dropped is "
     "fail, warn or ignore. See https://github.com/pytest-bgtasks/pytest-bgtasks#configuration"
 )
 
@@ -62,10 +62,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="bgtasks_mode",
         default=None,
         metavar="MODE",
-        help="what happens to captured background tasks: run (default), defer or skip.",
+        help="what happens to captured background tasks: run (default), defer, skip or worker.",
     )
     parser.addini(
-        "bgtasks_mode", "default mode for captured tasks: run, defer or skip.", default="run"
+        "bgtasks_mode",
+        "default mode for captured tasks: run, defer, skip or worker.",
+        default="run",
     )
     parser.addini(
         "bgtasks_on_dropped",
@@ -226,6 +228,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
     stash[_CAPTURE] = capture
     try:
         yield capture
+        findings = capture.findings()  # before the capture stops what it started (a worker)
     finally:
         capture.stop()
         # The report keeps the text, not the records: they go with the test.
@@ -233,7 +236,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
         del stash[_CAPTURE]
     if _test_failed(request.node):
         return
-    errors, warns = _complaints(capture.findings(), settings)
+    errors, warns = _complaints(findings, settings)
     for message in warns:
         warnings.warn(BackgroundTaskWarning(message), stacklevel=1)
     if errors:
@@ -258,6 +261,24 @@ def _complaints(findings: list[Finding], settings: Settings) -> tuple[list[str],
         elif settings.assert_all_run:
             errors.append(finding.message)
     return errors, warns
+
+
+@pytest.fixture(scope="session")
+def bgtasks_redis_url() -> Iterator[str]:
+    """The URL of a real Redis-protocol server on 127.0.0.1, for the session: a Celery app's
+    broker (and result backend) in the "worker" mode. BGTASKS_REDIS_URL names one to use
+    instead of starting one."""
+    from ._redis import RedisServer
+
+    server = RedisServer()
+    try:
+        url = server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield url
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -20,12 +20,15 @@ if importlib.util.find_spec("fastapi") is None:
     collect_ignore = [
         "test_benchmarks.py",
         "test_capture.py",
+        "test_celery.py",
         "test_clients.py",
         "test_docs.py",
         "test_fidelity.py",
         "test_hygiene.py",
         "test_load.py",
+        "test_memory.py",
         "test_plugin.py",
+        "test_situations.py",
     ]
 
 CHILD_SESSION_PLUGINS_OFF = "-p no:hypothesispytest -p no:xdist -p no:randomly -p no:asyncio"

@@ -89,17 +89,17 @@ def test_header_says_the_mode(pytester: pytest.Pytester) -> None:
         (
             ["--bgtasks-mode=later"],
             "",
-            "ERROR: --bgtasks-mode: 'later' is not one of: run, defer, skip.",
+            "ERROR: --bgtasks-mode: 'later' is not one of: run, defer, skip, worker.",
         ),
         (
             [],
             "bgtasks_mode = later",
-            "ERROR: ini bgtasks_mode: 'later' is not one of: run, defer, skip.",
+            "ERROR: ini bgtasks_mode: 'later' is not one of: run, defer, skip, worker.",
         ),
         (
             ["--bgtasks-mode="],
             "bgtasks_mode = skip",
-            "ERROR: --bgtasks-mode: '' is not one of: run, defer, skip.",
+            "ERROR: --bgtasks-mode: '' is not one of: run, defer, skip, worker.",
         ),
         (
             [],
@@ -150,9 +150,9 @@ def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
     text = " ".join(result.stdout.str().split())  # help lines wrap at the terminal's width
     for shown in [
         "background tasks (pytest-bgtasks): --bgtasks-mode=MODE what happens to captured "
-        "background tasks: run (default), defer or skip. --smtp-port=SMTP_PORT port of the SMTP "
+        "background tasks: run (default), defer, skip or worker. --smtp-port=SMTP_PORT port of the SMTP "
         "server.",
-        "bgtasks_mode (string): default mode for captured tasks: run, defer or skip.",
+        "bgtasks_mode (string): default mode for captured tasks: run, defer, skip or worker.",
         "bgtasks_on_dropped (string): a task added but never carried by its response: fail "
         "(default), warn or ignore.",
         "bgtasks_allow_failures (bool): do not fail a test whose task raised an exception the "
@@ -195,7 +195,7 @@ def test_unset_options_read_as_their_defaults(pytester: pytest.Pytester) -> None
         ),
         (
             'mode="later"',
-            "ValueError: @pytest.mark.bgtasks(mode=...): 'later' is not one of: run, defer, skip.",
+            "ValueError: @pytest.mark.bgtasks(mode=...): 'later' is not one of: run, defer, skip, worker.",
         ),
         (
             'on_dropped="loud"',
@@ -461,7 +461,7 @@ def test_a_task_that_returned_a_coroutine_fails_the_test(pytester: pytest.Pytest
     result.stdout.fnmatch_lines(
         [
             "*_ ERROR at teardown of test_notify _*",
-            "1 background task never did its work: Starlette called it and dropped what it returned.",
+            "1 background task never did its work:",
             f"- <lambda>() [failed] POST /notify  (test_it.py:{line})",
             "    <lambda> is a sync callable that returned <coroutine object notify>, which nobody "
             "awaits: Starlette runs sync tasks in a thread and drops what they return; give "

@@ -110,7 +110,7 @@ def test_assertions(bgtasks: BackgroundTaskCapture) -> None:
 
 @pytest.mark.bgtasks(mode="defer", on_dropped="warn", allow_failures=True)
 def test_control(bg_client: TestClient, bgtasks: BackgroundTaskCapture) -> None:
-    assert_type(bgtasks.mode, Literal["run", "defer", "skip"])
+    assert_type(bgtasks.mode, Literal["run", "defer", "skip", "worker"])
     bgtasks.mode = "skip"
     bgtasks.fail(send_welcome_email, ConnectionRefusedError("smtp down"), times=1)
     bgtasks.fail(task(send_welcome_email, "vip@b.com"), ConnectionError, propagate=True)

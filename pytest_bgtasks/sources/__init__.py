@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, tuple[str, str | None]] = {
     "starlette": ("pytest_bgtasks.sources.starlette", None),
+    "celery": ("pytest_bgtasks.sources.celery", "celery.app.base"),
 }
 """Source name -> (its module, the module whose import turns it on)."""
 
@@ -38,6 +39,9 @@ class Source(Protocol):
     """What `TaskRecord.source` says: "starlette", "celery"."""
     library: tuple[str, ...]
     """Module prefixes of the framework: frames that are neither the app's nor the test's."""
+    runs_rules: bool
+    """Whether the source applies `fail` and `replace` rules where the task runs (Celery, in
+    its tracer: so retries happen as in a worker), rather than the runner."""
 
     @property
     def root(self) -> str:
@@ -50,8 +54,15 @@ class Source(Protocol):
     def uninstall(self) -> None:
         """Put back what is still ours to put back; leave the rest inert."""
 
+    def activate(self) -> None:
+        """A capture starts while none was active: get ready to capture."""
+
     def reset(self) -> None:
-        """The last capture stopped: forget every task tracked."""
+        """The last capture stopped: forget every task tracked, stop what was started."""
+
+    def wait(self, records: list[TaskRecord], timeout: float) -> None:
+        """Block until none of `records` is running elsewhere (a worker), or `timeout`
+        seconds passed."""
 
     def task_name(self, record: TaskRecord) -> str:
         """The name a test knows the task by."""

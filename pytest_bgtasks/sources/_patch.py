@@ -45,19 +45,25 @@ class Patches:
         known = self.installed.get((owner, name))
         if known is not None and current is known[0]:
             return False
-        found = find_patch(current)
+        found = find_patch(current.fget if isinstance(current, property) else current)
         if found is not None:
             slot = getattr(found, MARK)
             slot.source = self.source
             original = found.__wrapped__
+            if isinstance(current, property):
+                original = property(original)
+                found = current
             if found is current or known is None:
                 self.installed[owner, name] = (found, original, slot)
             return False
         slot = Slot(self.source)
-        patch = make(current, slot)
-        functools.update_wrapper(patch, current)
-        setattr(patch, MARK, slot)
-        slot.patch = patch
+        getter: Any = current.fget if isinstance(current, property) else current
+        function = make(getter, slot)
+        functools.update_wrapper(function, getter)
+        function.__module__ = make.__module__  # ours: Celery tells a custom __call__ by it
+        setattr(function, MARK, slot)
+        slot.patch = function
+        patch = property(function) if isinstance(current, property) else function
         setattr(owner, name, patch)
         self.installed[owner, name] = (patch, current, slot)
         return True

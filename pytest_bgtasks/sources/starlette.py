@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextvars
 import copy
 import importlib
-import inspect
 import sys
 import types
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import pytest_bgtasks._messages as _messages
 from .._lifecycle import Request, Site, TaskRecord, TaskRequest, TaskStatus, current_request
 from .._naming import call_shape, callable_name
 from ._patch import Patches, Slot
+from ._starlette_tasks import close_coroutine, did_nothing, misuse, returning
 
 if TYPE_CHECKING:
     from .._state import State
@@ -67,6 +67,7 @@ class StarletteSource:
 
     name = "starlette"
     library: tuple[str, ...] = ("starlette.", "fastapi.")
+    runs_rules = False
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -131,9 +132,15 @@ class StarletteSource:
         self.framework.clear()
         self.sites.clear()
 
+    def activate(self) -> None:
+        """A capture starts, and none was active: nothing to prepare."""
+
+    def wait(self, records: list[TaskRecord], timeout: float) -> None:
+        """BackgroundTasks run within their request: none is left to wait for."""
+
     def reset(self) -> None:
         for record in self.records.values():
-            _close_coroutine(record.func)
+            close_coroutine(record.func)
         self.records = {}
         self.batches = []
 
@@ -251,7 +258,7 @@ class StarletteSource:
         if cls is not self.BackgroundTask:
             self._watch(cls)
         if type(func) is not types.FunctionType:
-            problem = _misuse(func)
+            problem = misuse(func)
             if problem is not None:
                 record.note_problem(problem)
 
@@ -265,8 +272,9 @@ class StarletteSource:
 
     def request_finished(self, request: StarletteRequest) -> None:
         for record in request.records:
-            if record.waiting:
+            if record.waiting and record._source is self:
                 self._settle(record, request)
+        self.state.request_finished(request)
 
     def record_for_call(self, task: Any, known: TaskRecord | None) -> TaskRecord | None:
         """The record of a task called that has none ready: made before the capture, or called
@@ -308,7 +316,7 @@ class StarletteSource:
                 _, runner.args, runner.kwargs = call_shape(task.func, task.args, task.kwargs)
                 runner.is_async = self.is_async_callable(fake)
             if not runner.is_async:
-                runner.func = _returning(runner.func, returned.append)
+                runner.func = returning(runner.func, returned.append)
         if original is self.base_call:
             await original(runner)
         else:  # a subclass's own __call__, which may call BackgroundTask.__call__ in turn
@@ -317,7 +325,7 @@ class StarletteSource:
                 await original(runner)
             finally:
                 _executing.reset(token)
-        return _did_nothing(record, returned[0]) if returned else None
+        return did_nothing(record, returned[0]) if returned else None
 
     def _call_of(self, cls: type[Any]) -> Any:
         call = self.calls.get(cls)
@@ -454,42 +462,6 @@ def _calling_batch(task: Any, batch_class: type[Any]) -> Any:
                 return batch
         frame = frame.f_back
     return None
-
-
-def _returning(func: Callable[..., Any], keep: Callable[[Any], None]) -> Any:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        result = func(*args, **kwargs)
-        keep(result)
-        return result
-
-    return call
-
-
-def _did_nothing(record: TaskRecord, returned: Any) -> str | None:
-    """What Starlette drops unawaited when a sync callable returns it: a coroutine, a
-    generator. None for anything else."""
-    if inspect.isawaitable(returned):
-        _close_coroutine(returned)
-        return _messages.returned_awaitable(record.name, callable_name(returned))
-    if inspect.isgenerator(returned) or inspect.isasyncgen(returned):
-        if inspect.isgenerator(returned):
-            returned.close()
-        return _messages.returned_generator(record.name, asynchronous=inspect.isasyncgen(returned))
-    return None
-
-
-def _misuse(func: object) -> str | None:
-    if inspect.iscoroutine(func):
-        return _messages.coroutine_given(callable_name(func))
-    if not callable(func):
-        return _messages.not_callable(func)
-    return None
-
-
-def _close_coroutine(value: object) -> None:
-    if inspect.iscoroutine(value):
-        value.close()
 
 
 def _is_cancellation(exc: BaseException) -> bool:

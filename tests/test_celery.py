@@ -1,0 +1,386 @@
+"""Celery under the same fixture, records, modes, rules and assertions as BackgroundTasks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import celery_apps
+import pytest
+from celery import chain, chord, group
+from celery_apps import (
+    add,
+    boom,
+    celery,
+    done,
+    flaky,
+    notify_later,
+    retrying,
+    send_email,
+    total,
+    whoami,
+)
+from kombu.exceptions import EncodeError
+from starlette.testclient import TestClient
+
+import apps
+from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus, task
+
+
+@pytest.fixture(autouse=True)
+def _empty_done() -> Iterator[None]:
+    done.clear()
+    yield
+    done.clear()
+
+
+def statuses(capture: BackgroundTaskCapture) -> list[tuple[str, TaskStatus]]:
+    return [(record.call, record.status) for record in capture.tasks]
+
+
+# -- capture -----------------------------------------------------------------------------------
+
+
+def test_every_kind_of_send_is_recorded_as_celery_sends_it(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    send_email.delay("a@b.c")  # site:delay
+    send_email.apply_async(("b@b.c",), {"subject": "Hi"}, countdown=30, queue="mail", priority=3)
+    send_email.s("c@b.c").delay()
+    send_email.signature(("d@b.c",)).apply_async(queue="mail")
+    chain(add.s(1, 2), add.s(10)).delay()
+    group(add.s(1, 1), add.s(2, 2)).delay()
+    celery.send_task(send_email.name, ("e@b.c",))
+
+    assert [record.call for record in bgtasks.tasks] == [
+        "send_email('a@b.c')",
+        "send_email('b@b.c', subject='Hi')",
+        "send_email('c@b.c')",
+        "send_email('d@b.c')",
+        "add(1, 2)",
+        "add(3, 10)",  # the next link, sent when the first one succeeded
+        "add(1, 1)",
+        "add(2, 2)",
+        "send_email('e@b.c')",
+    ]
+    assert {record.source for record in bgtasks.tasks} == {"celery"}
+    assert all(record.status is TaskStatus.RAN for record in bgtasks.tasks)
+    first, options = bgtasks.tasks[0], bgtasks.tasks[1]
+    assert first.func is celery.tasks[send_email.name]
+    assert first.name == "celery_apps.send_email"
+    assert first.task_id is not None
+    assert first.request is None
+    assert first.added_at == apps.site("delay", __file__)
+    sent_with = {"countdown": 30, "queue": "mail", "priority": 3}
+    assert {name: options.options.get(name) for name in sent_with} == sent_with
+    link = bgtasks.tasks[5]
+    assert link.parent is bgtasks.tasks[4]
+    assert link.added_at == bgtasks.tasks[4].added_at  # sent by Celery: the chain's line
+    bgtasks.assert_task_added(send_email, "a@b.c")
+    bgtasks.assert_task_added(send_email, email="b@b.c", subject="Hi")
+    bgtasks.assert_task_count(5, send_email)
+    bgtasks.assert_tasks_in_order(task(add, 1, 2), task(add, 3, 10))
+    bgtasks.assert_task_added("send_email", "e@b.c")
+
+
+def test_a_chord_runs_its_body_once_its_header_is_done(bgtasks: BackgroundTaskCapture) -> None:
+    result = chord([add.s(1, 1), add.s(2, 2)])(total.s())
+    calls = [record.call for record in bgtasks.tasks]
+    assert calls == ["add(1, 1)", "add(2, 2)", "total([2, 4])"]  # results as JSON gives them
+    assert result.get(timeout=1) == 6  # from the in-memory result store: nothing connects
+
+
+def test_sends_from_an_endpoint_a_dependency_and_a_task_share_one_list(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    with TestClient(celery_apps.web_app()) as client:
+        response = client.post("/signup/a@b.c")
+        client.post("/later/l@b.c")
+    assert response.json() == {"sent_before_response": False}  # run after the response
+    assert statuses(bgtasks) == [
+        ("audit('access')", TaskStatus.RAN),
+        ("send_email('dependency@b.c')", TaskStatus.RAN),
+        ("audit('signup')", TaskStatus.RAN),
+        ("send_email('a@b.c')", TaskStatus.RAN),
+        ("Task.delay('l@b.c')", TaskStatus.RAN),
+        ("send_email('l@b.c')", TaskStatus.RAN),
+    ]
+    sources = [record.source for record in bgtasks.tasks]
+    assert sources == ["starlette", "celery", "starlette", "celery", "starlette", "celery"]
+    endpoint = bgtasks.assert_task_ran(send_email, "a@b.c")
+    assert endpoint.request == TaskRequest("POST", "/signup/a@b.c")
+    assert endpoint.added_at == apps.site("celery-endpoint", celery_apps.__file__)
+    assert bgtasks.tasks[-1].parent is bgtasks.tasks[-2]
+
+
+def test_a_task_sent_by_a_task_runs_after_it(bgtasks: BackgroundTaskCapture) -> None:
+    notify_later.delay("x@b.c")
+    assert done == [("notify_later", "x@b.c"), ("send_email", "x@b.c")]
+    parent, child = bgtasks.tasks
+    assert child.parent is parent
+    assert child.kwargs == {"subject": "Later"}
+
+
+# -- Celery's own execution path ---------------------------------------------------------------
+
+
+def test_a_bound_task_sees_its_request_as_in_a_worker(bgtasks: BackgroundTaskCapture) -> None:
+    result = whoami.delay()
+    (record,) = bgtasks.tasks
+    assert done == [("whoami", record.task_id)]
+    assert result.id == record.task_id
+
+
+def test_retries_are_counted_and_countdowns_not_waited_for(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    started = time.monotonic()
+    retrying.delay(2)
+    (record,) = bgtasks.tasks
+    assert (record.status, record.retries) == (TaskStatus.RAN, 2)
+    assert done == [("retrying", 0), ("retrying", 1), ("retrying", 2)]
+    assert time.monotonic() - started < 30  # the 60-second countdowns were not waited for
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # the failure is the point
+def test_max_retries_exceeded_fails_the_task(bgtasks: BackgroundTaskCapture) -> None:
+    retrying.delay(5)
+    (record,) = bgtasks.tasks
+    assert (record.status, record.retries) == (TaskStatus.FAILED, 2)
+    assert type(record.exception).__name__ == "MaxRetriesExceededError"
+    assert [finding.kind for finding in bgtasks.findings()] == ["hidden_failure"]
+
+
+def test_a_simulated_failure_goes_through_autoretry(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.fail(flaky, ConnectionError("broker down"), times=2)
+    flaky.delay("x")
+    (record,) = bgtasks.tasks
+    assert (record.status, record.retries) == (TaskStatus.RAN, 2)
+    assert done == [("flaky", "x")]  # the third attempt ran the body
+
+
+def test_a_chain_stops_at_a_failing_link(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.fail(boom)
+    chain(boom.s("first"), send_email.s()).delay()
+    (record,) = bgtasks.tasks  # the next link was never sent
+    assert record.status is TaskStatus.FAILED
+    assert record.simulated
+    assert bgtasks.findings() == []
+
+
+def test_replace_runs_the_fake_in_the_body_and_passes_its_result_on(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.replace(add, lambda x, y: x * y)
+    chain(add.s(3, 4), send_email.s()).delay()
+    assert [record.call for record in bgtasks.tasks] == ["add(3, 4)", "send_email(12)"]
+    assert ("add", 7) not in done
+
+
+# -- modes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_defer_holds_sends_until_run_deferred(bgtasks: BackgroundTaskCapture) -> None:
+    with TestClient(celery_apps.web_app()) as client:
+        client.post("/signup/a@b.c")
+        assert [record.status for record in bgtasks.tasks] == [TaskStatus.DEFERRED] * 4
+        assert done == []
+        ran = bgtasks.run_deferred(only=send_email)
+    assert [record.call for record in ran] == [
+        "send_email('dependency@b.c')",
+        "send_email('a@b.c')",
+    ]
+    assert done == [("send_email", "dependency@b.c"), ("send_email", "a@b.c")]
+    bgtasks.run_deferred()
+    assert {record.status for record in bgtasks.tasks} == {TaskStatus.RAN}
+
+
+@pytest.mark.bgtasks(mode="skip")
+def test_skip_records_and_never_runs(bgtasks: BackgroundTaskCapture) -> None:
+    result = send_email.delay("a@b.c")
+    (record,) = bgtasks.tasks
+    assert record.status is TaskStatus.SKIPPED
+    assert result.id == record.task_id
+    assert done == []
+
+
+def test_rules_pick_sends_out_by_their_arguments(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.skip(task(send_email, "skip@b.c"))
+    bgtasks.defer(task(send_email, "later@b.c"))
+    for email in ("skip@b.c", "later@b.c", "now@b.c"):
+        send_email.delay(email)
+    assert [record.status for record in bgtasks.tasks] == [
+        TaskStatus.SKIPPED,
+        TaskStatus.DEFERRED,
+        TaskStatus.RAN,
+    ]
+
+
+# -- what production would reject, at the send -------------------------------------------------
+
+
+class Model:
+    """Like a Pydantic model: something JSON cannot encode."""
+
+
+@pytest.mark.parametrize("mode", ["run", "defer", "skip"])
+def test_an_argument_the_serializer_cannot_encode_raises_at_the_send(
+    bgtasks: BackgroundTaskCapture, mode: Any
+) -> None:
+    bgtasks.mode = mode
+    with pytest.raises(EncodeError, match="not JSON serializable"):
+        send_email.delay(Model())
+    assert bgtasks.tasks == []
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # the test checks the findings itself
+def test_a_name_no_app_registers_and_arguments_that_do_not_bind_are_reported(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    celery.send_task("celery_apps.nobody")
+    celery.send_task(send_email.name, ("a@b.c",), {"to": "x"})
+    unknown, unbound = bgtasks.tasks
+    assert unknown.status is unbound.status is TaskStatus.FAILED
+    assert unknown.problem == (
+        "send_task('celery_apps.nobody'): no Celery app in this process registers a task of that "
+        "name; a worker would drop it"
+    )
+    assert unbound.problem == (
+        "the arguments do not fit celery_apps.send_email: got an unexpected keyword argument 'to'; "
+        "the task would fail in the worker"
+    )
+    (finding,) = bgtasks.findings()
+    assert finding.kind == "did_nothing"
+    assert done == []
+
+
+def test_arguments_that_do_not_bind_raise_at_delay_as_celery_checks_them(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    with pytest.raises(TypeError):
+        send_email.delay("a@b.c", "Hi", "extra")
+    assert bgtasks.tasks == []
+
+
+# -- the worker mode ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def on_a_real_broker(bgtasks_redis_url: str) -> Any:
+    """The tasks, on an app of their own on the session's server."""
+    return celery_apps.make_tasks(celery_apps.make_app("bgworker", bgtasks_redis_url))
+
+
+@pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker")
+def test_a_real_worker_runs_what_is_sent(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    tasks = on_a_real_broker
+    result = tasks.send_email.delay("a@b.c")
+    tasks.retrying.delay(2)
+    bgtasks.fail(task(tasks.send_email, "down@b.c"), ConnectionRefusedError("smtp down"))
+    tasks.send_email.delay("down@b.c")
+    records = bgtasks.wait(timeout=10)
+    assert result.get(timeout=10) == "a@b.c"
+    assert [(record.status, record.retries) for record in records] == [
+        (TaskStatus.RAN, 0),
+        (TaskStatus.RAN, 2),
+        (TaskStatus.FAILED, 0),
+    ]
+    assert records[2].simulated
+    assert isinstance(records[2].exception, ConnectionRefusedError)
+    assert ("send_email", "a@b.c") in done
+
+
+@pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.parametrize("mode", ["run", "worker"])
+def test_the_same_test_in_the_run_and_the_worker_mode(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture, mode: Any
+) -> None:
+    bgtasks.mode = mode
+    with TestClient(celery_apps.web_app(on_a_real_broker)) as client:
+        client.post("/signup/a@b.c")
+    bgtasks.wait(timeout=10)
+    bgtasks.assert_task_ran(on_a_real_broker.send_email, "a@b.c")
+    bgtasks.assert_task_ran(celery_apps.audit, "signup")
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_wait_gives_up_and_names_what_is_still_running(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import threading
+
+        import pytest
+        from celery import Celery
+
+        started, release = threading.Event(), threading.Event()
+
+
+        @pytest.fixture
+        def app(bgtasks_redis_url):
+            app = Celery("slow", broker=bgtasks_redis_url, backend=bgtasks_redis_url)
+            app.conf.broker_connection_retry_on_startup = True
+
+            @app.task(shared=False)
+            def slow():
+                started.set()
+                release.wait(10)
+
+            return app, slow
+
+
+        @pytest.mark.bgtasks(mode="worker", assert_all_run=True)
+        def test_slow(app, bgtasks):
+            _, slow = app
+            slow.delay()
+            assert started.wait(10)
+            with pytest.raises(TimeoutError, match="still running"):
+                bgtasks.wait(timeout=0.2)
+            # Left running at teardown: assert_all_run reports it (the worker then stops).
+            threading.Timer(0.3, release.set).start()
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*1 background task was still running when the test ended:*"])
+
+
+# -- laziness --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_session_that_never_imports_celery_captures_without_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        from fastapi import BackgroundTasks, FastAPI
+        from starlette.testclient import TestClient
+
+
+        def job():
+            pass
+
+
+        def test_it(bgtasks):
+            app = FastAPI()
+
+            @app.post("/work")
+            def work(background_tasks: BackgroundTasks):
+                background_tasks.add_task(job)
+                return {}
+
+            with TestClient(app) as client:
+                client.post("/work")
+            bgtasks.assert_task_ran(job)
+            assert not [name for name in sys.modules if name.startswith(("celery", "kombu"))]
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
