@@ -158,13 +158,18 @@ def test_python_blocks_pass_and_show_their_output(pytester: pytest.Pytester, pro
     files = sorted({nodeid.split("::")[0] for nodeid in nodeids if nodeid.startswith("test_")})
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *files)
     summary = result.stdout.lines
-    passed = {line.split()[1] for line in summary if line.startswith("PASSED ")}
-    failing = {line.split()[1] for line in summary if re.match(r"(FAILED|ERROR) ", line)}
+    # A parametrized test passes or fails as a whole: its cases' ids are left out.
+    passed = {_test_of(line) for line in summary if line.startswith("PASSED ")}
+    failing = {_test_of(line) for line in summary if re.match(r"(FAILED|ERROR) \S+::", line)}
     assert failing - set(outputs) == set(), "\n".join(summary)
     assert set(nodeids) == passed | failing, "\n".join(summary)
     for nodeid, block in outputs.items():
         single = pytester.runpytest_subprocess("-p", "no:cacheprovider", nodeid)
         assert_in_order(block.text.splitlines(), single.stdout.lines, block.where)
+
+
+def _test_of(line: str) -> str:
+    return line.split()[1].partition("[")[0]
 
 
 def assert_in_order(expected: list[str], output: list[str], where: str) -> None:
@@ -322,10 +327,18 @@ def check_the_distributions_command() -> None:
     assert '-m twine check --strict "$work/dist"/*' in CI
 
 
+def check_install_the_celery_extra() -> None:
+    (install,) = lines_of("install the celery extra")
+    directory = PROJECT["urls"]["Source"].rsplit("/", 1)[1]
+    assert install == f'python -m pip install "./{directory}[testclient,celery]"'
+    assert extras_in(install) == ["testclient", "celery"]
+
+
 SH_BLOCKS: dict[str, Callable[[], None]] = {
     "install from a clone": check_install_from_a_clone,
     "install from a wheel": check_install_from_a_wheel,
     "install from PyPI, once released": check_install_from_pypi,
+    "install the celery extra": check_install_the_celery_extra,
     "commands": check_the_two_commands,
     "matrix": check_the_matrix_command,
     "quick loop": check_the_quick_loop,

@@ -245,7 +245,10 @@ class CelerySource:
         sink = functools.partial(self._recorded, app, name, task_id, options, site, kept)
         runner = self.state.innermost_runner()
         if runner is not None and runner.mode == "worker":
-            with app.producer_or_acquire(options.pop("producer", None)) as producer:
+            # A connection of its own, from the app's configuration now (a pool made earlier,
+            # by a group in another mode, may name another broker).
+            with app.connection_for_write() as connection:
+                producer = app.amqp.Producer(connection)
                 options["producer"] = Publishing(self, producer, sink, kept, app)
                 return send(app, name, **without_delays(options))
         options.pop("connection", None)
@@ -424,7 +427,8 @@ class CelerySource:
         self.worker_for(app)
         send = self.patches.original(self.Celery, "send_task")
         given = {k: v for k, v in without_delays(options).items() if k != "producer"}
-        send(app, record.name, **given)
+        with app.connection_for_write() as connection:
+            send(app, record.name, **given, producer=app.amqp.Producer(connection))
 
     def run_body(self, task: Any, task_id: str, args: tuple[Any, ...], kwargs: Any) -> Any:
         """A body runs (here, or in a worker thread): the rules apply, the outcome is kept."""
