@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
-from mailroom import db
+from mailroom import config, db, worker
 from mailroom.tasks import audit, import_csv, send_welcome_email
 
 
@@ -45,7 +45,11 @@ def signup(body: Signup, background_tasks: BackgroundTasks) -> User:
     except sqlite3.IntegrityError:
         raise HTTPException(409, "this email is already signed up") from None
     background_tasks.add_task(audit, "user.signup", user_id=user_id)
-    background_tasks.add_task(send_welcome_email, body.email)
+    if config.settings.celery_broker:  # Mailroom runs a Celery worker: the email goes there
+        worker.configure()
+        worker.send_welcome_email.delay(body.email)
+    else:
+        background_tasks.add_task(send_welcome_email, body.email)
     return User(id=user_id, email=body.email)
 
 

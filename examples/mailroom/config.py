@@ -13,6 +13,8 @@ class Settings:
     smtp_port: int = 25
     mail_from: str = "Mailroom <hello@mailroom.example>"
     database: Path = Path("mailroom.db")
+    celery_broker: str = ""
+    """A Redis URL: welcome emails go through Celery there. Empty: through BackgroundTasks."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -21,6 +23,7 @@ class Settings:
             smtp_port=int(os.environ.get("MAILROOM_SMTP_PORT", cls.smtp_port)),
             mail_from=os.environ.get("MAILROOM_MAIL_FROM", cls.mail_from),
             database=Path(os.environ.get("MAILROOM_DATABASE", cls.database)),
+            celery_broker=os.environ.get("MAILROOM_CELERY_BROKER", cls.celery_broker),
         )
 
 
