@@ -34,7 +34,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOWN = ("starlette", "fastapi", "httpx", "httpx2", "pytest", "anyio")
+SHOWN = ("starlette", "fastapi", "httpx", "httpx2", "pytest", "anyio", "celery")
 """The packages whose resolved versions each result line shows."""
 
 
@@ -89,6 +89,9 @@ ENVS = (
             "httpx==0.27.0",
             "pytest==8.0.0",
             "anyio==3.7.0",
+            "celery==5.3.0",
+            "kombu==5.3.0",
+            "redis==4.6.0",
         ),
         constraints=ERA_OF_THE_LOWEST,
         pytest_args=("--assert=plain",),
@@ -108,6 +111,8 @@ ENVS = (
     # FastAPI 0.118 moved a yield dependency's exit code back after the response.
     Env("fastapi-0.117", "3.12", ("fastapi~=0.117.0",)),
     Env("fastapi-0.118", "3.12", ("fastapi~=0.118.0",)),
+    # Celery 5.3 on Python 3.12: the datetime deprecations it causes there stay its own.
+    Env("celery-5.3", "3.12", ("celery~=5.3.0",)),
     # The whole suite under pytest-xdist too.
     Env("latest-3.11", "3.11", pytest_args=("-n", "2"), alone=True),
     Env("latest-3.13", "3.13"),
