@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 
 import bench_assert
+import bench_celery
 import bench_deferred
 import bench_fixture
 import bench_memory
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, Callable[[bool], Report]] = {
     "memory": bench_memory.run,
     "fixture": bench_fixture.run,
     "unused": bench_unused.run,
+    "celery": bench_celery.run,
 }
 
 SUMMARY_HEADER = ["benchmark", "goal", "measured", "verdict", "figures", "method"]

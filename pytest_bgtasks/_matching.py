@@ -486,6 +486,11 @@ def _bind(
     return dict(bound.arguments)
 
 
+def signature_of(func: Any) -> inspect.Signature | None:
+    """`func`'s signature (looked up once per function), or None when it has none to tell."""
+    return _signature(func)
+
+
 def _signature(func: Any) -> inspect.Signature | None:
     try:
         return _cached_signature(func)

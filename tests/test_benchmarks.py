@@ -23,6 +23,7 @@ RESULTS = (
     "bytes per record, defer mode",
     "bgtasks fixture per test",
     "unused plugin",
+    "Celery .delay() under capture",
 )
 GRID = [
     f"| {client} | {kind} | {tasks} | "

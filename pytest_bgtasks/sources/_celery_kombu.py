@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pytest_bgtasks._messages as _messages
 
 from .._lifecycle import TaskRecord, TaskStatus
+from .._matching import signature_of as _signature
 
 if TYPE_CHECKING:
     from .celery import CelerySource
@@ -149,12 +149,13 @@ def send_problem(task: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, 
     """What a worker would refuse: a name no app registers, arguments that do not bind."""
     if task is None:
         return _messages.celery_unknown(name)
+    signature = _signature(task)
+    if signature is None:  # no signature to tell
+        return None
     try:
-        inspect.signature(task).bind(*args, **kwargs)
+        signature.bind(*args, **kwargs)
     except TypeError as exc:
         return _messages.celery_does_not_bind(name, exc)
-    except ValueError:  # no signature to tell
-        return None
     return None
 
 

@@ -92,7 +92,8 @@ class CelerySource:
         self.entered: set[int] = set()
         self.workers: dict[int, InProcessWorker] = {}
         self.backends: list[Any] = []
-        self.memory: dict[int, Any] = {}
+        self.memory: dict[int, tuple[Any, Any]] = {}
+        """Each app met, and its in-memory result store (None: it stores no results)."""
         self.eager: list[Any] = []
         self.quiet: contextlib.ExitStack | None = None
 
@@ -217,13 +218,16 @@ class CelerySource:
         """Outside the worker mode, an app that stores results stores them in memory: no
         connection, and `.get()` or a chord works as with the real one."""
         runner = self.state.innermost_runner()
-        configured = app.backend_cls or app.conf.result_backend
-        if runner is None or runner.mode == "worker" or configured in (None, "", "disabled"):
+        if runner is None or runner.mode == "worker":
             return None
-        backend = self.memory.get(id(app))
-        if backend is None:
+        known = self.memory.get(id(app))
+        if known is not None and known[0] is app:
+            return known[1]
+        backend = None  # decided once a capture: an app's configuration is slow to read
+        if (app.backend_cls or app.conf.result_backend) not in (None, "", "disabled"):
             cache = importlib.import_module("celery.backends.cache").CacheBackend
-            backend = self.memory[id(app)] = cache(app=app, url="memory://")
+            backend = cache(app=app, url="memory://")
+        self.memory[id(app)] = (app, backend)
         return backend
 
     # -- a send ----------------------------------------------------------------------------
@@ -234,10 +238,13 @@ class CelerySource:
         """A task is sent: record it (Celery builds and encodes the message), then run it
         here, hold it, or publish it, as the rules and the mode say."""
         __tracebackhide__ = True
-        assert self.send_signature is not None
-        call = self.send_signature.bind(app, name, *args, **kwargs).arguments
-        options = {**call.pop("options", {}), **call}
-        del options["self"], options["name"]
+        if args:  # by position (Celery's own calls pass keywords only)
+            assert self.send_signature is not None
+            call = self.send_signature.bind(app, name, *args, **kwargs).arguments
+            options = {**call.pop("options", {}), **call}
+            del options["self"], options["name"]
+        else:
+            options = dict(kwargs)
         task_id = options.get("task_id") or str(uuid.uuid4())
         options["task_id"] = task_id
         site = self._call_site()
