@@ -15,6 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._lifecycle import Request, Site, TaskRecord, TaskRequest, running
+from .sources import REGISTRY
 
 if TYPE_CHECKING:
     from ._runner import Runner
@@ -139,8 +140,6 @@ class State:
     def ensure_sources(self) -> None:
         """Install the sources whose framework is in use now, and put back any patch that
         something removed since."""
-        from .sources import REGISTRY
-
         for name, (module, trigger) in REGISTRY.items():
             source = self.sources.get(name)
             if source is not None:

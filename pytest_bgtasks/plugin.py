@@ -161,7 +161,8 @@ def _settings_for(item: pytest.Item) -> Settings:
         merged = _marker_settings(item)
     except (TypeError, ValueError) as exc:
         pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
-    return dataclasses.replace(item.config.stash[_SETTINGS], **merged)
+    settings = item.config.stash[_SETTINGS]
+    return dataclasses.replace(settings, **merged) if merged else settings
 
 
 def _marker_settings(item: pytest.Item) -> dict[str, Any]:

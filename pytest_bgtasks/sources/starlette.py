@@ -78,6 +78,8 @@ class StarletteSource:
         self.is_async_callable: Callable[[Any], bool] = importlib.import_module(
             "starlette._utils"
         ).is_async_callable
+        self.handler_owners = self._handler_owners()
+        """Where Starlette looks up exception handlers (a module, or a class in 0.27)."""
         self.patches = Patches(self)
         self.records: dict[int, TaskRecord] = {}
         """Record of each task object seen while capturing, by id (the record keeps its task,
@@ -109,14 +111,15 @@ class StarletteSource:
         patches.install(self.BackgroundTask, "__call__", self._task_call)
         patches.install(self.BackgroundTasks, "__init__", self._batch_init)
         patches.install(self.Starlette, "__call__", self._app_call)
-        for owner in self._handler_owners():
+        for owner in self.handler_owners:
             patches.install(owner, "_lookup_exception_handler", self._lookup)
         for cls in self.watched:
             patches.install(cls, "__call__", self._task_call)
         self.calls = {}
         self.base_call = patches.original(self.BackgroundTask, "__call__")
 
-    def _handler_owners(self) -> list[object]:
+    @staticmethod
+    def _handler_owners() -> list[object]:
         try:  # Starlette >= 0.28
             return [importlib.import_module("starlette._exception_handler")]
         except ImportError:  # Starlette 0.27: a method of ExceptionMiddleware
