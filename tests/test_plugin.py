@@ -618,6 +618,87 @@ def test_a_failed_assertion_points_at_the_test_not_into_the_plugin(
     assert "_deferred_args" in frame
 
 
+TASK_FAILURES = """
+import pytest
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+from conftest import explode
+
+async def explode_async(value):
+    raise ZeroDivisionError(value)
+
+def fake_explode(value):
+    raise ZeroDivisionError(value)
+
+async def fake_explode_async(value):
+    raise ZeroDivisionError(value)
+
+class OwnCall(BackgroundTask):
+    async def __call__(self):
+        await super().__call__()
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+def test_sync(bg_client):
+    bg_client.post("/explode")
+
+def test_async(app, bg_client):
+    app.post("/async")(lambda: JSONResponse({}, background=BackgroundTask(explode_async, 1)))
+    bg_client.post("/async")
+
+def test_replaced(bg_client, bgtasks):
+    bgtasks.replace(explode, fake_explode)
+    bg_client.post("/explode")
+
+def test_replaced_async(bg_client, bgtasks):
+    bgtasks.replace(explode, fake_explode_async)
+    bg_client.post("/explode")
+
+def test_own_call(app, bg_client):
+    app.post("/own")(lambda: JSONResponse({}, background=OwnCall(explode, 2)))
+    bg_client.post("/own")
+
+@pytest.mark.bgtasks(mode="defer")
+def test_deferred(bg_client, bgtasks):
+    bg_client.post("/explode")
+    bgtasks.run_deferred()
+
+@pytest.mark.anyio
+@pytest.mark.bgtasks(mode="defer")
+async def test_deferred_async(app, bgtasks):
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await client.post("/explode")
+    await bgtasks.arun_deferred()
+"""
+
+
+@pytest.mark.parametrize("style", ["short", "long"])
+def test_a_failing_task_shows_its_own_frames_and_none_of_the_plugin(
+    pytester: pytest.Pytester, style: str
+) -> None:
+    make_tests(pytester, TASK_FAILURES)
+    result = pytester.runpytest(f"--tb={style}")
+    result.assert_outcomes(failed=7)
+    lines = result.stdout.lines
+    plugin_frames = [line for line in lines if re.search(r"pytest_bgtasks[/\\]\w+", line)]
+    assert plugin_frames == []
+    # The frame of each task, or of the fake that ran in its place, is there.
+    own = [line for line in lines if re.fullmatch(r">?\s+raise ZeroDivisionError\(value\)", line)]
+    assert len(own) == 7
+    if style == "short":
+        functions = re.findall(r"^\S+\.py:\d+: in (\w+)$", result.stdout.str(), re.M)
+        tasks = [name for name in functions if "explode" in name]
+        # by test: sync, async, replaced, replaced_async, own_call, deferred, deferred_async
+        assert sorted(tasks) == sorted(
+            ["explode", "explode_async", "fake_explode", "fake_explode_async"] + ["explode"] * 3
+        )
+
+
 def test_bg_client_needs_an_app_fixture(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
