@@ -298,6 +298,13 @@ def no_capture(caller: str) -> str:
     )
 
 
+def no_app_fixture(fixture: str, name: str) -> str:
+    return (
+        f"{fixture} needs a fixture named {name!r} that returns your ASGI app; define one in "
+        "conftest.py, or name yours with the ini option bgtasks_app_fixture."
+    )
+
+
 def report_section(records: Sequence[TaskRecord]) -> str:
     return bullets(records) if records else "No background tasks were added."
 

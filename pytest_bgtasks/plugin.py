@@ -158,8 +158,11 @@ def _settings_for(item: pytest.Item) -> Settings:
     try:
         merged = _marker_settings(item)
     except (TypeError, ValueError) as exc:
-        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
-    return dataclasses.replace(item.config.stash[_SETTINGS], **merged)
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        return dataclasses.replace(item.config.stash[_SETTINGS], **merged)
+    # Out of the except block, so the report shows the message once, with no chained error.
+    pytest.fail(error, pytrace=False)
 
 
 def _marker_settings(item: pytest.Item) -> dict[str, Any]:
@@ -260,22 +263,27 @@ def _complaints(findings: list[Finding], settings: Settings) -> tuple[list[str],
     return errors, warns
 
 
+def _app(request: pytest.FixtureRequest) -> Any:
+    """The app of the fixture the ini option names (`app` by default)."""
+    __tracebackhide__ = True
+    name = request.config.getini("bgtasks_app_fixture")
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError as exc:
+        if exc.argname != name:  # a fixture the app fixture needs: pytest says which
+            raise
+    # Out of the except block, so the report shows the message once, with no chained error.
+    from ._messages import no_app_fixture
+
+    pytest.fail(no_app_fixture("bg_client", name), pytrace=False)
+
+
 @pytest.fixture
 def bg_client(
     request: pytest.FixtureRequest, bgtasks: BackgroundTaskCapture
 ) -> Iterator[TestClient]:
     """A Starlette TestClient around the `app` fixture's app, with lifespan and capture on."""
-    name = request.config.getini("bgtasks_app_fixture")
-    try:
-        app = request.getfixturevalue(name)
-    except Exception as exc:
-        if getattr(exc, "argname", None) != name:
-            raise
-        pytest.fail(
-            f"bg_client needs a fixture named {name!r} that returns your ASGI app; define "
-            "one in conftest.py, or name yours with the ini option bgtasks_app_fixture.",
-            pytrace=False,
-        )
+    app = _app(request)
     from starlette.testclient import TestClient
 
     with TestClient(app) as client:

@@ -219,8 +219,9 @@ def test_unset_options_read_as_their_defaults(pytester: pytest.Pytester) -> None
         "not-a-bool-too",
     ],
 )
+@pytest.mark.parametrize("fixture", ["bgtasks", "bg_client"])
 def test_bad_marker_arguments_are_clear_errors(
-    pytester: pytest.Pytester, marker: str, message: str
+    pytester: pytest.Pytester, marker: str, message: str, fixture: str
 ) -> None:
     make_tests(
         pytester,
@@ -228,7 +229,7 @@ def test_bad_marker_arguments_are_clear_errors(
         import pytest
 
         @pytest.mark.bgtasks({marker})
-        def test_it(bgtasks):
+        def test_it({fixture}):
             pass
         """,
     )
@@ -237,7 +238,19 @@ def test_bad_marker_arguments_are_clear_errors(
     result.stdout.fnmatch_lines(
         ["*_ ERROR at setup of test_it _*", message, "*short test summary*"]
     )
+    assert_shown_once(result, message)
     manual.assert_listed(message)
+
+
+def assert_shown_once(result: pytest.RunResult, message: str) -> None:
+    """The error's report shows `message` once, alone: no exception it was raised while
+    handling, no traceback into the plugin."""
+    assert result.stdout.lines.count(message) == 1
+    output = result.stdout.str()
+    assert "During handling of the above exception" not in output
+    assert "direct cause of the following exception" not in output
+    report = output.split(" ERROR at setup of ", 1)[1].split("short test summary", 1)[0]
+    assert "pytest_bgtasks" not in report
 
 
 def test_closest_marker_wins_per_keyword(pytester: pytest.Pytester) -> None:
@@ -699,21 +712,26 @@ def test_a_failing_task_shows_its_own_frames_and_none_of_the_plugin(
         )
 
 
-def test_bg_client_needs_an_app_fixture(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("fixture", ["bg_client"])
+@pytest.mark.parametrize("name", ["app", "api"])
+def test_bg_client_needs_an_app_fixture(pytester: pytest.Pytester, fixture: str, name: str) -> None:
     pytester.makepyfile(
-        """
-        def test_it(bg_client):
+        f"""
+        def test_it({fixture}):
             pass
         """
     )
+    if name != "app":
+        pytester.makeini(f"[pytest]\nbgtasks_app_fixture = {name}\n")
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "bg_client needs a fixture named 'app' that returns your ASGI app; define one in "
-            "conftest.py, or name yours with the ini option bgtasks_app_fixture."
-        ]
+    message = (
+        f"{fixture} needs a fixture named {name!r} that returns your ASGI app; define one in "
+        "conftest.py, or name yours with the ini option bgtasks_app_fixture."
     )
+    result.stdout.fnmatch_lines(["*_ ERROR at setup of test_it _*", message])
+    assert_shown_once(result, message)
+    manual.assert_listed(message)
 
 
 def test_bg_client_uses_the_fixture_the_ini_names(pytester: pytest.Pytester) -> None:
