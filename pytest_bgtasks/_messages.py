@@ -305,6 +305,13 @@ def no_app_fixture(fixture: str, name: str) -> str:
     )
 
 
+def factory_app(name: str) -> str:
+    return (
+        f"bg_client_factory() takes the app from the fixture {name!r}, not app=: pass only "
+        "TestClient's other options (base_url, headers, raise_server_exceptions...)."
+    )
+
+
 def report_section(records: Sequence[TaskRecord]) -> str:
     return bullets(records) if records else "No background tasks were added."
 

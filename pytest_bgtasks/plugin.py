@@ -3,10 +3,11 @@ is imported only when a test uses the plugin."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -275,16 +276,37 @@ def _app(request: pytest.FixtureRequest) -> Any:
     # Out of the except block, so the report shows the message once, with no chained error.
     from ._messages import no_app_fixture
 
-    pytest.fail(no_app_fixture("bg_client", name), pytrace=False)
+    fixture = "bg_client" if "bg_client" in request.fixturenames else "bg_client_factory"
+    pytest.fail(no_app_fixture(fixture, name), pytrace=False)
 
 
 @pytest.fixture
-def bg_client(
+def bg_client_factory(
     request: pytest.FixtureRequest, bgtasks: BackgroundTaskCapture
-) -> Iterator[TestClient]:
-    """A Starlette TestClient around the `app` fixture's app, with lifespan and capture on."""
+) -> Iterator[Callable[..., TestClient]]:
+    """Makes Starlette TestClients around the `app` fixture's app: `bg_client_factory(**options)`
+    takes TestClient's keyword arguments (base_url, headers, raise_server_exceptions...) and
+    returns a client entered as a context manager, so lifespan runs, with capture on. Every
+    client it made is closed at teardown."""
     app = _app(request)
     from starlette.testclient import TestClient
 
-    with TestClient(app) as client:
-        yield client
+    with contextlib.ExitStack() as clients:
+
+        def bg_client_factory(**options: Any) -> TestClient:
+            __tracebackhide__ = True
+            if "app" in options:
+                from ._messages import factory_app
+
+                raise TypeError(factory_app(request.config.getini("bgtasks_app_fixture")))
+            client = TestClient(app, **options)
+            clients.enter_context(client)  # its lifespan starts; it returns the client itself
+            return client
+
+        yield bg_client_factory
+
+
+@pytest.fixture
+def bg_client(bg_client_factory: Callable[..., TestClient]) -> TestClient:
+    """A Starlette TestClient around the `app` fixture's app, with lifespan and capture on."""
+    return bg_client_factory()

@@ -712,7 +712,7 @@ def test_a_failing_task_shows_its_own_frames_and_none_of_the_plugin(
         )
 
 
-@pytest.mark.parametrize("fixture", ["bg_client"])
+@pytest.mark.parametrize("fixture", ["bg_client", "bg_client_factory"])
 @pytest.mark.parametrize("name", ["app", "api"])
 def test_bg_client_needs_an_app_fixture(pytester: pytest.Pytester, fixture: str, name: str) -> None:
     pytester.makepyfile(
@@ -765,6 +765,102 @@ def test_bg_client_uses_the_fixture_the_ini_names(pytester: pytest.Pytester) -> 
     )
     pytester.makeini("[pytest]\nbgtasks_app_fixture = api\n")
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+FACTORY = """
+import contextlib
+import pytest
+from fastapi import BackgroundTasks, FastAPI, Request
+from starlette.testclient import TestClient
+from pytest_bgtasks import TaskRequest, TaskStatus
+from conftest import explode, send_welcome_email
+
+events = []
+
+@pytest.fixture
+def app():
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        events.append("start")
+        yield
+        events.append("stop")
+
+    events.clear()
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/echo")
+    def echo(request: Request, background_tasks: BackgroundTasks):
+        background_tasks.add_task(send_welcome_email, request.headers.get("x-user"))
+        return {"url": str(request.url), "user": request.headers.get("x-user")}
+
+    @app.post("/explode")
+    def explode_later(background_tasks: BackgroundTasks):
+        background_tasks.add_task(explode, "in the background")  # explode
+        return {}
+
+    @app.post("/broken")
+    def broken():
+        raise ZeroDivisionError("in the endpoint")
+
+    return app
+
+def test_options_reach_the_app(bg_client_factory, bgtasks):
+    client = bg_client_factory(base_url="https://api.example", headers={"x-user": "ada"})
+    assert isinstance(client, TestClient)
+    assert client.get("/echo").json() == {"url": "https://api.example/echo", "user": "ada"}
+    record = bgtasks.assert_task_ran(send_welcome_email, "ada")
+    assert record.request == TaskRequest("GET", "/echo")
+
+@pytest.mark.bgtasks(allow_failures=True)
+def test_server_exceptions_as_responses(bg_client_factory, bgtasks):
+    client = bg_client_factory(raise_server_exceptions=False)
+    assert client.post("/broken").status_code == 500
+    # A task runs after its response is sent: the client has its 200, the record the error.
+    assert client.post("/explode").status_code == 200
+    record = bgtasks.assert_task_failed(explode)
+    assert isinstance(record.exception, ZeroDivisionError)
+
+def test_server_exceptions_hidden_are_reported(bg_client_factory):
+    assert bg_client_factory(raise_server_exceptions=False).post("/explode").status_code == 200
+
+def test_each_client_runs_lifespan(bg_client_factory, bg_client):
+    assert events == ["start"]
+    first, second = bg_client_factory(), bg_client_factory(headers={"x-user": "bob"})
+    assert first is not second and bg_client not in (first, second)
+    assert events == ["start"] * 3
+    assert second.get("/echo").json()["user"] == "bob"
+
+def test_every_client_was_closed():
+    assert events == ["start"] * 3 + ["stop"] * 3
+
+def test_the_app_comes_from_the_fixture(bg_client_factory, app):
+    bg_client_factory(app=app)
+"""
+
+
+def test_bg_client_factory_makes_clients_with_options(pytester: pytest.Pytester) -> None:
+    make_tests(pytester, FACTORY)
+    result = pytester.runpytest("--tb=short")
+    result.assert_outcomes(passed=5, failed=1, errors=1)
+    lines = (pytester.path / "test_it.py").read_text().splitlines()
+    explode = next(n for n, line in enumerate(lines, start=1) if "# explode" in line)
+    message = (
+        "bg_client_factory() takes the app from the fixture 'app', not app=: pass only "
+        "TestClient's other options (base_url, headers, raise_server_exceptions...)."
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_server_exceptions_hidden_are_reported _*",
+            "1 background task raised and the test never saw the exception (the client or a "
+            "middleware hid it):",
+            f"- explode('in the background') [failed] POST /explode  (test_it.py:{explode})",
+            "*_ test_the_app_comes_from_the_fixture _*",
+            "test_it.py:*: in test_the_app_comes_from_the_fixture",
+            "    bg_client_factory(app=app)",
+            f"E   TypeError: {message}",
+        ]
+    )
+    manual.assert_listed(message)
 
 
 def test_a_missing_fixture_inside_app_is_reported_as_usual(pytester: pytest.Pytester) -> None:
