@@ -50,10 +50,26 @@ def _marker_signature(
 _SETTINGS = pytest.StashKey[Settings]()
 _CAPTURE = pytest.StashKey["BackgroundTaskCapture"]()
 """The test's capture, while its fixture is set up."""
-_SECTION = pytest.StashKey[str]()
-"""The report section of the test's tasks, once its capture is gone."""
+_SECTION = pytest.StashKey[tuple[str, str]]()
+"""The report section of the test's tasks, once its capture is gone: plain, and as shown."""
+_SHOWN = pytest.StashKey[str]()
+"""The section last added to a failing report, in plain text: JUnit XML gets it too."""
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _USED = pytest.StashKey[bool]()
+
+SECTION_TITLE = "Captured background tasks"
+STYLES: dict[str, dict[str, bool]] = {
+    "request": {"bold": True},
+    "ran": {"green": True},
+    "failed": {"red": True, "bold": True},
+    "dropped": {"red": True},
+    "not run": {"yellow": True},
+    "cancelled": {"yellow": True},
+    "pending": {"yellow": True},
+    "deferred": {"cyan": True},
+    "skipped": {"cyan": True},
+}
+"""How the report section is coloured on a terminal that shows colours (TerminalWriter.markup)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -145,13 +161,39 @@ class _Reports:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        capture = item.stash.get(_CAPTURE, None)
-        section = capture.report() if capture is not None else item.stash.get(_SECTION, None)
-        if section is not None:
-            item.stash.setdefault(_REPORTS, {})[report.when] = report
-            if report.failed and report.when != "setup":
-                report.sections.append(("Captured background tasks", section))
+        stash = item.stash
+        capture = stash.get(_CAPTURE, None)
+        if capture is None and _SECTION not in stash:
+            return report
+        stash.setdefault(_REPORTS, {})[report.when] = report
+        if report.failed and report.when != "setup":
+            texts = _section_texts(item.config, capture) if capture is not None else stash[_SECTION]
+            plain, shown = texts
+            report.sections.append((SECTION_TITLE, shown))
+            stash[_SHOWN] = plain
+        if report.when == "teardown" and _SHOWN in stash:
+            # JUnit XML writes the properties of a test's last report (record_property's way).
+            report.user_properties.append(("bgtasks", stash[_SHOWN]))
         return report
+
+
+def _section_texts(config: pytest.Config, capture: BackgroundTaskCapture) -> tuple[str, str]:
+    """The report section, plain and as the terminal shows it (in colour where it can)."""
+    from ._messages import report_section
+
+    records = capture.tasks
+    plain = report_section(records)
+    paint = _painter(config)
+    return plain, plain if paint is None else report_section(records, paint)
+
+
+def _painter(config: pytest.Config) -> Callable[[str, str], str] | None:
+    if config.pluginmanager.get_plugin("terminalreporter") is None:  # -p no:terminal
+        return None
+    writer = config.get_terminal_writer()
+    if not writer.hasmarkup:
+        return None
+    return lambda text, style: writer.markup(text, **STYLES.get(style, {}))
 
 
 def _settings_for(item: pytest.Item) -> Settings:
@@ -233,7 +275,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
     finally:
         capture.stop()
         # The report keeps the text, not the records: they go with the test.
-        stash[_SECTION] = capture.report()
+        stash[_SECTION] = _section_texts(request.config, capture)
         del stash[_CAPTURE]
     if _test_failed(request.node):
         return

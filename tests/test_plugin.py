@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import re
 import textwrap
+from pathlib import Path
+from xml.etree import ElementTree
 
+import httpx
 import pytest
+from fastapi import BackgroundTasks, FastAPI
+from starlette.background import BackgroundTask
+from starlette.testclient import TestClient
 
 import manual
 from pytest_bgtasks import BackgroundTaskCapture
+
+LISTED_AT_MOST = 50
+"""Tasks a report section lists (the rest are counted), as the manual says."""
 
 CATCHES = "https://pytest-bgtasks.github.io/pytest-bgtasks/catches/"
 
@@ -50,7 +59,7 @@ def app():
 
     @app.post("/not-found")
     def not_found(background_tasks: BackgroundTasks):
-        background_tasks.add_task(send_welcome_email, "a@b.com")
+        background_tasks.add_task(send_welcome_email, "a@b.com")  # not-found
         raise HTTPException(404, "no such user")
 
     @app.post("/explode")
@@ -332,9 +341,11 @@ def test_a_dropped_task_fails_the_test_at_teardown(pytester: pytest.Pytester) ->
             "a response with its own `background` replaces the injected BackgroundTasks",
             'If this is expected, use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".',
             "*- Captured background tasks -*",
-            f"- send_welcome_email('a@b.com') [dropped] POST /own-background  ({email})",
-            "*",
-            f"- audit('replaced') [ran] POST /own-background  ({replaced})",
+            "POST /own-background, answered with 200",
+            f"  - send_welcome_email('a@b.com')  dropped  {email}",
+            "      never run: the response carried audit('replaced') instead; an endpoint that "
+            "returns a response with its own `background` replaces the injected BackgroundTasks",
+            f"  - audit('replaced')              ran      {replaced}",
         ]
     )
 
@@ -569,13 +580,173 @@ def test_a_failing_test_report_lists_captured_tasks(pytester: pytest.Pytester) -
             "E       1 background task was added:",
             f"E       - send_welcome_email('a@b.com') [ran] POST /signup  ({signup})",
             "*- Captured background tasks -*",
-            f"- send_welcome_email('a@b.com') [ran] POST /signup  ({signup})",
+            "POST /signup, answered with 200",
+            f"  - send_welcome_email('a@b.com')  ran  {signup}",
             "*_ test_fails_with_nothing_captured _*",
             "*- Captured background tasks -*",
             "No background tasks were added.",
         ]
     )
     assert result.stdout.str().count("Captured background tasks") == 2
+
+
+TREE = """
+import pytest
+from fastapi import BackgroundTasks
+from starlette.background import BackgroundTask
+from conftest import audit, send_welcome_email
+
+def test_fails(app, bg_client_factory, bgtasks):
+    @app.post("/orders", status_code=201)
+    def orders(background_tasks: BackgroundTasks):
+        def follow_up():
+            background_tasks.add_task(audit, "follow-up")  # child
+
+        background_tasks.add_task(follow_up)  # parent
+        return {}
+
+    client = bg_client_factory(raise_server_exceptions=False)
+    client.post("/orders")
+    client.post("/explode")
+    client.post("/not-found")
+    client.post("/signup")
+    BackgroundTask(audit, "outside")  # outside
+    assert False, "the test's own failure"
+"""
+
+
+def tree_section(pytester: pytest.Pytester) -> list[str]:
+    """The section of TREE's test: each line, plain."""
+    lines = (pytester.path / "test_it.py").read_text().splitlines()
+
+    def here(code: str) -> str:
+        (number,) = [n for n, line in enumerate(lines, start=1) if code in line]
+        return f"test_it.py:{number}"
+
+    signup = site(pytester, "# signup")
+    return [
+        "POST /orders, answered with 201",
+        f"  - follow_up()                    ran      {here('# parent')}",
+        f"    - audit('follow-up')           ran      {here('# child')}",
+        "POST /explode, answered with 200",
+        f"  - explode('in the background')   failed   {site(pytester, '# explode')}",
+        "      raised: ZeroDivisionError('in the background')",
+        "POST /not-found, answered with 404",
+        f"  - send_welcome_email('a@b.com')  dropped  {site(pytester, '# not-found')}",
+        "      never run: the endpoint raised HTTPException(status_code=404, detail='no such "
+        "user'), answered with 404",
+        "POST /signup, answered with 200",
+        f"  - send_welcome_email('a@b.com')  ran      {signup}",
+        "outside any request",
+        f"  - audit('outside')               pending  {here('# outside')}",
+    ]
+
+
+def test_the_report_section_draws_each_request_and_its_tasks(pytester: pytest.Pytester) -> None:
+    make_tests(pytester, TREE)
+    result = pytester.runpytest("--junitxml=report.xml")
+    result.assert_outcomes(failed=1)
+    section = tree_section(pytester)
+    result.stdout.fnmatch_lines(
+        ["*- Captured background tasks -*", *section, "*short test summary*"]
+    )
+    # The same text is a property of the test case in JUnit XML (pytest's own record_property
+    # way), which CI systems show with the failure.
+    (case,) = ElementTree.parse(pytester.path / "report.xml").getroot().iter("testcase")
+    properties = {item.get("name"): item.get("value") for item in case.iter("property")}
+    assert properties == {"bgtasks": "\n".join(section)}
+
+
+def test_the_report_section_is_in_colour_on_a_terminal_that_has_it(
+    pytester: pytest.Pytester,
+) -> None:
+    make_tests(pytester, TREE)
+    result = pytester.runpytest("--color=yes", "--junitxml=report.xml")
+    result.assert_outcomes(failed=1)
+    section = tree_section(pytester)
+    bold, green, red, yellow, reset = "\x1b[1m", "\x1b[32m", "\x1b[31m", "\x1b[33m", "\x1b[0m"
+    output = result.stdout.lines
+    assert f"{bold}POST /orders, answered with 201{reset}" in output
+    assert f"{bold}outside any request{reset}" in output
+    tasks = [line for line in output if re.match(r" +- ", line)]
+    statuses = [
+        f"  {green}ran{reset}      ",
+        f"  {green}ran{reset}      ",
+        f"  {red}{bold}failed{reset}   ",
+        f"  {red}dropped{reset}  ",
+        f"  {green}ran{reset}      ",
+        f"  {yellow}pending{reset}  ",
+    ]
+    assert len(tasks) == len(statuses)
+    for line, status in zip(tasks, statuses, strict=True):
+        assert status in line
+    # Without the colours, the lines are those of a plain terminal; JUnit XML gets plain text.
+    plain = [re.sub(r"\x1b\[[\d;]*m", "", line) for line in output]
+    start = plain.index(section[0])
+    assert plain[start : start + len(section)] == section
+    (case,) = ElementTree.parse(pytester.path / "report.xml").getroot().iter("testcase")
+    assert [item.get("value") for item in case.iter("property")] == ["\n".join(section)]
+
+
+def test_the_report_section_without_a_terminal(pytester: pytest.Pytester) -> None:
+    make_tests(pytester, TREE)
+    result = pytester.runpytest("-p", "no:terminal", "--junitxml=report.xml")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    (case,) = ElementTree.parse(pytester.path / "report.xml").getroot().iter("testcase")
+    assert [item.get("value") for item in case.iter("property")] == [
+        "\n".join(tree_section(pytester))
+    ]
+
+
+def test_a_long_section_lists_the_first_tasks_and_counts_the_rest(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    tasks = [BackgroundTask(print, n) for n in range(LISTED_AT_MOST + 3)]
+    lines = bgtasks.report().splitlines()
+    assert lines[0] == "outside any request"
+    assert len(lines) == 1 + LISTED_AT_MOST + 1
+    assert re.fullmatch(r"  - print\(0\)   pending  tests/test_plugin\.py:\d+", lines[1])
+    assert lines[-2].startswith(f"  - print({LISTED_AT_MOST - 1})  pending  tests/test_plugin.py:")
+    assert lines[-1] == "... and 3 more"
+    assert len(tasks) == len(bgtasks.tasks)
+
+
+def test_a_task_shown_under_a_parent_of_another_request_says_which(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = FastAPI()
+
+    def note(text: str) -> None:
+        pass
+
+    @app.get("/inner")
+    def inner(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(note, "inner")  # inner
+        return {}
+
+    async def call_inner() -> None:  # a task that calls the app in turn
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await client.get("/inner")
+
+    @app.post("/outer")
+    def outer(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(call_inner)  # outer
+        return {}
+
+    with TestClient(app) as client:
+        client.post("/outer")
+    source = Path(__file__).read_text().splitlines()
+    inner_at, outer_at = (
+        next(n for n, line in enumerate(source, start=1) if line.endswith(mark))
+        for mark in ("# inner", "# outer")
+    )
+    assert bgtasks.report().splitlines() == [
+        "POST /outer, answered with 200",
+        f"  - call_inner()     ran  tests/test_plugin.py:{outer_at}",
+        f"    - note('inner')  ran  tests/test_plugin.py:{inner_at}",
+        "        scheduled during GET /inner, answered with 200",
+    ]
 
 
 def test_a_failed_assertion_points_at_the_test_not_into_the_plugin(
