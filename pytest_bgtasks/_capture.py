@@ -140,9 +140,7 @@ class TaskLog:
             if record.status is status:
                 return record
         records = self.tasks
-        hint = (
-            _messages.matching_hint(found[0]) if found else _closest(expected, records)
-        )
+        hint = _messages.matching_hint(found[0]) if found else _closest(expected, records)
         raise AssertionError(_messages.missing(expected, outcome, records, hint))
 
     def assert_task_count(self, expected: int, func: Target | None = None) -> list[TaskRecord]:
