@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-from ._lifecycle import TaskRecord, TaskStatus, display_path
+from ._lifecycle import Request, TaskRecord, TaskStatus, display_path
 from ._matching import ExpectedTask
 
 DOCS = "https://pytest-bgtasks.github.io/pytest-bgtasks/"
@@ -329,8 +330,119 @@ def no_capture(caller: str) -> str:
     )
 
 
-def report_section(records: Sequence[TaskRecord]) -> str:
-    return bullets(records) if records else "No background tasks were added."
+def no_app_fixture(fixture: str, name: str) -> str:
+    return (
+        f"{fixture} needs a fixture named {name!r} that returns your ASGI app; define one in "
+        "conftest.py, or name yours with the ini option bgtasks_app_fixture."
+    )
+
+
+def factory_app(name: str) -> str:
+    return (
+        f"bg_client_factory() takes the app from the fixture {name!r}, not app=: pass only "
+        "TestClient's other options (base_url, headers, raise_server_exceptions...)."
+    )
+
+
+# -- the report section of a failing test ---------------------------------------------------
+
+Paint = Callable[[str, str], str]
+"""How the plugin colours the report section: `paint(text, style)`, where `style` is a task's
+status ("ran", "failed"...) or "request". Without it the section is plain text."""
+OUTSIDE_ANY_REQUEST = "outside any request"
+CALL_COLUMN_AT_MOST = 60
+"""A longer call sticks out of the call column instead of pushing every other call's status
+right."""
+
+
+class _Row(NamedTuple):
+    """One line of the section: a request (no record), or a task at some depth."""
+
+    text: str
+    record: TaskRecord | None = None
+    depth: int = 0
+    elsewhere: str | None = None
+    """The request a task shown under its parent was scheduled in, when it is another one."""
+
+
+def report_section(records: Sequence[TaskRecord], paint: Paint | None = None) -> str:
+    """The "Captured background tasks" section: a line per request with the status of its
+    response, under it the tasks it scheduled, and under each task the tasks it scheduled in
+    turn, in columns of call, status and where the task was added."""
+    if not records:
+        return "No background tasks were added."
+    rows = _tree(records[:LISTED_AT_MOST])
+    tasks = [(row.text, str(row.record.status)) for row in rows if row.record is not None]
+    call_width = max(
+        (len(call) for call, _ in tasks if len(call) <= CALL_COLUMN_AT_MOST), default=0
+    )
+    status_width = max(len(status) for _, status in tasks)
+    lines: list[str] = []
+    for row in rows:
+        if row.record is None:
+            lines.append(paint(row.text, "request") if paint is not None else row.text)
+        else:
+            lines += _task_lines(row, row.record, (call_width, status_width), paint)
+    if len(records) > LISTED_AT_MOST:
+        lines.append(f"... and {len(records) - LISTED_AT_MOST} more")
+    return "\n".join(lines)
+
+
+def _tree(records: Sequence[TaskRecord]) -> list[_Row]:
+    """The rows in the order shown: the requests in the order of their first task, tasks in
+    scheduling order, each followed by the tasks it scheduled, one level deeper."""
+    listed = {id(record) for record in records}
+    children: dict[int, list[TaskRecord]] = {}
+    groups: dict[int, list[TaskRecord]] = {}
+    for record in records:
+        parent = record.parent
+        if parent is not None and id(parent) in listed:
+            children.setdefault(id(parent), []).append(record)
+        else:
+            groups.setdefault(id(record._request), []).append(record)
+    rows: list[_Row] = []
+    for roots in groups.values():
+        rows.append(_Row(_heading(roots[0]._request)))
+        stack = [(record, 1) for record in reversed(roots)]
+        while stack:
+            record, depth = stack.pop()
+            elsewhere = _elsewhere(record) if depth > 1 else None  # shown under its parent
+            rows.append(_Row(f"{'  ' * depth}- {record.call}", record, depth, elsewhere))
+            stack += [(child, depth + 1) for child in reversed(children.get(id(record), []))]
+    return rows
+
+
+def _heading(request: Request | None) -> str:
+    if request is None:
+        return OUTSIDE_ANY_REQUEST
+    if request.status is None:
+        return str(request.info)
+    return f"{request.info}, answered with {request.status}"
+
+
+def _elsewhere(record: TaskRecord) -> str | None:
+    parent = record.parent
+    request = record._request
+    if parent is None or request is None or request is parent._request:
+        return None
+    return f"scheduled during {_heading(request)}"
+
+
+def _task_lines(
+    row: _Row, record: TaskRecord, widths: tuple[int, int], paint: Paint | None
+) -> list[str]:
+    """A task's line, then what it raised, why it did not run, any misuse, on lines below."""
+    call_width, status_width = widths
+    status = str(record.status)
+    shown = paint(status, status) if paint is not None else status
+    cells = [row.text.ljust(call_width), shown + " " * (status_width - len(status))]
+    if record.added_at is not None:
+        cells.append(record.added_at)
+    notes = record.describe().split("\n    ")[1:]  # what describe() shows under the call
+    if row.elsewhere is not None:
+        notes.append(row.elsewhere)
+    indent = "  " * row.depth + "    "
+    return ["  ".join(cells).rstrip(), *(indent + note for note in notes)]
 
 
 def _indent(text: str) -> str:

@@ -276,6 +276,7 @@ class _DeferredRun:
                         runner.hold(child, context.copy())
 
     def finish(self) -> list[TaskRecord]:
+        __tracebackhide__ = True
         if self.first_error is not None:
             raise self.first_error
         return self.ran
@@ -292,6 +293,7 @@ class _InContext:
         self.coroutine = coroutine
 
     def __await__(self) -> Generator[Any, Any, None]:
+        __tracebackhide__ = True
         run, coroutine = self.context.run, self.coroutine
         send: Any = coroutine.send
         value: Any = None
@@ -378,11 +380,13 @@ class Loop:
 
     def run_from_thread(self, job: Callable[[], Awaitable[None]]) -> bool:
         """Run `job` on this loop and wait for it; False when the loop is gone."""
+        __tracebackhide__ = True
         if self.backend == "asyncio":
             if not self.alive():
                 return False
 
             async def call() -> None:
+                __tracebackhide__ = True
                 await job()
 
             loop: asyncio.AbstractEventLoop = self.handle

@@ -3,10 +3,11 @@ is imported only when a test uses the plugin."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -49,10 +50,26 @@ def _marker_signature(
 _SETTINGS = pytest.StashKey[Settings]()
 _CAPTURE = pytest.StashKey["BackgroundTaskCapture"]()
 """The test's capture, while its fixture is set up."""
-_SECTION = pytest.StashKey[str]()
-"""The report section of the test's tasks, once its capture is gone."""
+_SECTION = pytest.StashKey[tuple[str, str]]()
+"""The report section of the test's tasks, once its capture is gone: plain, and as shown."""
+_SHOWN = pytest.StashKey[str]()
+"""The section last added to a failing report, in plain text: JUnit XML gets it too."""
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _USED = pytest.StashKey[bool]()
+
+SECTION_TITLE = "Captured background tasks"
+STYLES: dict[str, dict[str, bool]] = {
+    "request": {"bold": True},
+    "ran": {"green": True},
+    "failed": {"red": True, "bold": True},
+    "dropped": {"red": True},
+    "not run": {"yellow": True},
+    "cancelled": {"yellow": True},
+    "pending": {"yellow": True},
+    "deferred": {"cyan": True},
+    "skipped": {"cyan": True},
+}
+"""How the report section is coloured on a terminal that shows colours (TerminalWriter.markup)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -146,13 +163,39 @@ class _Reports:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        capture = item.stash.get(_CAPTURE, None)
-        section = capture.report() if capture is not None else item.stash.get(_SECTION, None)
-        if section is not None:
-            item.stash.setdefault(_REPORTS, {})[report.when] = report
-            if report.failed and report.when != "setup":
-                report.sections.append(("Captured background tasks", section))
+        stash = item.stash
+        capture = stash.get(_CAPTURE, None)
+        if capture is None and _SECTION not in stash:
+            return report
+        stash.setdefault(_REPORTS, {})[report.when] = report
+        if report.failed and report.when != "setup":
+            texts = _section_texts(item.config, capture) if capture is not None else stash[_SECTION]
+            plain, shown = texts
+            report.sections.append((SECTION_TITLE, shown))
+            stash[_SHOWN] = plain
+        if report.when == "teardown" and _SHOWN in stash:
+            # JUnit XML writes the properties of a test's last report (record_property's way).
+            report.user_properties.append(("bgtasks", stash[_SHOWN]))
         return report
+
+
+def _section_texts(config: pytest.Config, capture: BackgroundTaskCapture) -> tuple[str, str]:
+    """The report section, plain and as the terminal shows it (in colour where it can)."""
+    from ._messages import report_section
+
+    records = capture.tasks
+    plain = report_section(records)
+    paint = _painter(config)
+    return plain, plain if paint is None else report_section(records, paint)
+
+
+def _painter(config: pytest.Config) -> Callable[[str, str], str] | None:
+    if config.pluginmanager.get_plugin("terminalreporter") is None:  # -p no:terminal
+        return None
+    writer = config.get_terminal_writer()
+    if not writer.hasmarkup:
+        return None
+    return lambda text, style: writer.markup(text, **STYLES.get(style, {}))
 
 
 def _settings_for(item: pytest.Item) -> Settings:
@@ -160,9 +203,12 @@ def _settings_for(item: pytest.Item) -> Settings:
     try:
         merged = _marker_settings(item)
     except (TypeError, ValueError) as exc:
-        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
-    settings = item.config.stash[_SETTINGS]
-    return dataclasses.replace(settings, **merged) if merged else settings
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        settings = item.config.stash[_SETTINGS]
+        return dataclasses.replace(settings, **merged) if merged else settings
+    # Out of the except block, so the report shows the message once, with no chained error.
+    pytest.fail(error, pytrace=False)
 
 
 def _marker_settings(item: pytest.Item) -> dict[str, Any]:
@@ -233,7 +279,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
     finally:
         capture.stop()
         # The report keeps the text, not the records: they go with the test.
-        stash[_SECTION] = capture.report()
+        stash[_SECTION] = _section_texts(request.config, capture)
         del stash[_CAPTURE]
     if _test_failed(request.node):
         return
@@ -282,23 +328,49 @@ def bgtasks_redis_url() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture
-def bg_client(
-    request: pytest.FixtureRequest, bgtasks: BackgroundTaskCapture
-) -> Iterator[TestClient]:
-    """A Starlette TestClient around the `app` fixture's app, with lifespan and capture on."""
+def _app(request: pytest.FixtureRequest) -> Any:
+    """The app of the fixture the ini option names (`app` by default)."""
+    __tracebackhide__ = True
     name = request.config.getini("bgtasks_app_fixture")
     try:
-        app = request.getfixturevalue(name)
-    except Exception as exc:
-        if getattr(exc, "argname", None) != name:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError as exc:
+        if exc.argname != name:  # a fixture the app fixture needs: pytest says which
             raise
-        pytest.fail(
-            f"bg_client needs a fixture named {name!r} that returns your ASGI app; define "
-            "one in conftest.py, or name yours with the ini option bgtasks_app_fixture.",
-            pytrace=False,
-        )
+    # Out of the except block, so the report shows the message once, with no chained error.
+    from ._messages import no_app_fixture
+
+    fixture = "bg_client" if "bg_client" in request.fixturenames else "bg_client_factory"
+    pytest.fail(no_app_fixture(fixture, name), pytrace=False)
+
+
+@pytest.fixture
+def bg_client_factory(
+    request: pytest.FixtureRequest, bgtasks: BackgroundTaskCapture
+) -> Iterator[Callable[..., TestClient]]:
+    """Makes Starlette TestClients around the `app` fixture's app: `bg_client_factory(**options)`
+    takes TestClient's keyword arguments (base_url, headers, raise_server_exceptions...) and
+    returns a client entered as a context manager, so lifespan runs, with capture on. Every
+    client it made is closed at teardown."""
+    app = _app(request)
     from starlette.testclient import TestClient
 
-    with TestClient(app) as client:
-        yield client
+    with contextlib.ExitStack() as clients:
+
+        def bg_client_factory(**options: Any) -> TestClient:
+            __tracebackhide__ = True
+            if "app" in options:
+                from ._messages import factory_app
+
+                raise TypeError(factory_app(request.config.getini("bgtasks_app_fixture")))
+            client = TestClient(app, **options)
+            clients.enter_context(client)  # its lifespan starts; it returns the client itself
+            return client
+
+        yield bg_client_factory
+
+
+@pytest.fixture
+def bg_client(bg_client_factory: Callable[..., TestClient]) -> TestClient:
+    """A Starlette TestClient around the `app` fixture's app, with lifespan and capture on."""
+    return bg_client_factory()

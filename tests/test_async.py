@@ -141,8 +141,9 @@ def test_async_tests_under(
         [
             "*_ test_a_failing_async_test_lists_its_tasks _*",
             "*- Captured background tasks -*",
-            f"- remember_loop('reported') [ran] POST /work  (conftest.py:{first})",
-            f"- in_a_thread('reported') [ran] POST /work  (conftest.py:{first + 1})",
+            "POST /work, answered with 200",
+            f"  - remember_loop('reported')  ran  conftest.py:{first}",
+            f"  - in_a_thread('reported')    ran  conftest.py:{first + 1}",
         ]
     )
     plugins = next(line for line in result.stdout.lines if line.startswith("plugins: "))

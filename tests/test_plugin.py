@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import re
 import textwrap
+from pathlib import Path
+from xml.etree import ElementTree
 
+import httpx
 import pytest
+from fastapi import BackgroundTasks, FastAPI
+from starlette.background import BackgroundTask
+from starlette.testclient import TestClient
 
 import manual
 from pytest_bgtasks import BackgroundTaskCapture
+
+LISTED_AT_MOST = 50
+"""Tasks a report section lists (the rest are counted), as the manual says."""
 
 CATCHES = "https://pytest-bgtasks.github.io/pytest-bgtasks/catches/"
 
@@ -50,7 +59,7 @@ def app():
 
     @app.post("/not-found")
     def not_found(background_tasks: BackgroundTasks):
-        background_tasks.add_task(send_welcome_email, "a@b.com")
+        background_tasks.add_task(send_welcome_email, "a@b.com")  # not-found
         raise HTTPException(404, "no such user")
 
     @app.post("/explode")
@@ -219,8 +228,9 @@ def test_unset_options_read_as_their_defaults(pytester: pytest.Pytester) -> None
         "not-a-bool-too",
     ],
 )
+@pytest.mark.parametrize("fixture", ["bgtasks", "bg_client"])
 def test_bad_marker_arguments_are_clear_errors(
-    pytester: pytest.Pytester, marker: str, message: str
+    pytester: pytest.Pytester, marker: str, message: str, fixture: str
 ) -> None:
     make_tests(
         pytester,
@@ -228,7 +238,7 @@ def test_bad_marker_arguments_are_clear_errors(
         import pytest
 
         @pytest.mark.bgtasks({marker})
-        def test_it(bgtasks):
+        def test_it({fixture}):
             pass
         """,
     )
@@ -237,7 +247,19 @@ def test_bad_marker_arguments_are_clear_errors(
     result.stdout.fnmatch_lines(
         ["*_ ERROR at setup of test_it _*", message, "*short test summary*"]
     )
+    assert_shown_once(result, message)
     manual.assert_listed(message)
+
+
+def assert_shown_once(result: pytest.RunResult, message: str) -> None:
+    """The error's report shows `message` once, alone: no exception it was raised while
+    handling, no traceback into the plugin."""
+    assert result.stdout.lines.count(message) == 1
+    output = result.stdout.str()
+    assert "During handling of the above exception" not in output
+    assert "direct cause of the following exception" not in output
+    report = output.split(" ERROR at setup of ", 1)[1].split("short test summary", 1)[0]
+    assert "pytest_bgtasks" not in report
 
 
 def test_closest_marker_wins_per_keyword(pytester: pytest.Pytester) -> None:
@@ -319,9 +341,11 @@ def test_a_dropped_task_fails_the_test_at_teardown(pytester: pytest.Pytester) ->
             "a response with its own `background` replaces the injected BackgroundTasks",
             'If this is expected, use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".',
             "*- Captured background tasks -*",
-            f"- send_welcome_email('a@b.com') [dropped] POST /own-background  ({email})",
-            "*",
-            f"- audit('replaced') [ran] POST /own-background  ({replaced})",
+            "POST /own-background, answered with 200",
+            f"  - send_welcome_email('a@b.com')  dropped  {email}",
+            "      never run: the response carried audit('replaced') instead; an endpoint that "
+            "returns a response with its own `background` replaces the injected BackgroundTasks",
+            f"  - audit('replaced')              ran      {replaced}",
         ]
     )
 
@@ -556,13 +580,173 @@ def test_a_failing_test_report_lists_captured_tasks(pytester: pytest.Pytester) -
             "E       1 background task was added:",
             f"E       - send_welcome_email('a@b.com') [ran] POST /signup  ({signup})",
             "*- Captured background tasks -*",
-            f"- send_welcome_email('a@b.com') [ran] POST /signup  ({signup})",
+            "POST /signup, answered with 200",
+            f"  - send_welcome_email('a@b.com')  ran  {signup}",
             "*_ test_fails_with_nothing_captured _*",
             "*- Captured background tasks -*",
             "No background tasks were added.",
         ]
     )
     assert result.stdout.str().count("Captured background tasks") == 2
+
+
+TREE = """
+import pytest
+from fastapi import BackgroundTasks
+from starlette.background import BackgroundTask
+from conftest import audit, send_welcome_email
+
+def test_fails(app, bg_client_factory, bgtasks):
+    @app.post("/orders", status_code=201)
+    def orders(background_tasks: BackgroundTasks):
+        def follow_up():
+            background_tasks.add_task(audit, "follow-up")  # child
+
+        background_tasks.add_task(follow_up)  # parent
+        return {}
+
+    client = bg_client_factory(raise_server_exceptions=False)
+    client.post("/orders")
+    client.post("/explode")
+    client.post("/not-found")
+    client.post("/signup")
+    BackgroundTask(audit, "outside")  # outside
+    assert False, "the test's own failure"
+"""
+
+
+def tree_section(pytester: pytest.Pytester) -> list[str]:
+    """The section of TREE's test: each line, plain."""
+    lines = (pytester.path / "test_it.py").read_text().splitlines()
+
+    def here(code: str) -> str:
+        (number,) = [n for n, line in enumerate(lines, start=1) if code in line]
+        return f"test_it.py:{number}"
+
+    signup = site(pytester, "# signup")
+    return [
+        "POST /orders, answered with 201",
+        f"  - follow_up()                    ran      {here('# parent')}",
+        f"    - audit('follow-up')           ran      {here('# child')}",
+        "POST /explode, answered with 200",
+        f"  - explode('in the background')   failed   {site(pytester, '# explode')}",
+        "      raised: ZeroDivisionError('in the background')",
+        "POST /not-found, answered with 404",
+        f"  - send_welcome_email('a@b.com')  dropped  {site(pytester, '# not-found')}",
+        "      never run: the endpoint raised HTTPException(status_code=404, detail='no such "
+        "user'), answered with 404",
+        "POST /signup, answered with 200",
+        f"  - send_welcome_email('a@b.com')  ran      {signup}",
+        "outside any request",
+        f"  - audit('outside')               pending  {here('# outside')}",
+    ]
+
+
+def test_the_report_section_draws_each_request_and_its_tasks(pytester: pytest.Pytester) -> None:
+    make_tests(pytester, TREE)
+    result = pytester.runpytest("--junitxml=report.xml")
+    result.assert_outcomes(failed=1)
+    section = tree_section(pytester)
+    result.stdout.fnmatch_lines(
+        ["*- Captured background tasks -*", *section, "*short test summary*"]
+    )
+    # The same text is a property of the test case in JUnit XML (pytest's own record_property
+    # way), which CI systems show with the failure.
+    (case,) = ElementTree.parse(pytester.path / "report.xml").getroot().iter("testcase")
+    properties = {item.get("name"): item.get("value") for item in case.iter("property")}
+    assert properties == {"bgtasks": "\n".join(section)}
+
+
+def test_the_report_section_is_in_colour_on_a_terminal_that_has_it(
+    pytester: pytest.Pytester,
+) -> None:
+    make_tests(pytester, TREE)
+    result = pytester.runpytest("--color=yes", "--junitxml=report.xml")
+    result.assert_outcomes(failed=1)
+    section = tree_section(pytester)
+    bold, green, red, yellow, reset = "\x1b[1m", "\x1b[32m", "\x1b[31m", "\x1b[33m", "\x1b[0m"
+    output = result.stdout.lines
+    assert f"{bold}POST /orders, answered with 201{reset}" in output
+    assert f"{bold}outside any request{reset}" in output
+    tasks = [line for line in output if re.match(r" +- ", line)]
+    statuses = [
+        f"  {green}ran{reset}      ",
+        f"  {green}ran{reset}      ",
+        f"  {red}{bold}failed{reset}   ",
+        f"  {red}dropped{reset}  ",
+        f"  {green}ran{reset}      ",
+        f"  {yellow}pending{reset}  ",
+    ]
+    assert len(tasks) == len(statuses)
+    for line, status in zip(tasks, statuses, strict=True):
+        assert status in line
+    # Without the colours, the lines are those of a plain terminal; JUnit XML gets plain text.
+    plain = [re.sub(r"\x1b\[[\d;]*m", "", line) for line in output]
+    start = plain.index(section[0])
+    assert plain[start : start + len(section)] == section
+    (case,) = ElementTree.parse(pytester.path / "report.xml").getroot().iter("testcase")
+    assert [item.get("value") for item in case.iter("property")] == ["\n".join(section)]
+
+
+def test_the_report_section_without_a_terminal(pytester: pytest.Pytester) -> None:
+    make_tests(pytester, TREE)
+    result = pytester.runpytest("-p", "no:terminal", "--junitxml=report.xml")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    (case,) = ElementTree.parse(pytester.path / "report.xml").getroot().iter("testcase")
+    assert [item.get("value") for item in case.iter("property")] == [
+        "\n".join(tree_section(pytester))
+    ]
+
+
+def test_a_long_section_lists_the_first_tasks_and_counts_the_rest(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    tasks = [BackgroundTask(print, n) for n in range(LISTED_AT_MOST + 3)]
+    lines = bgtasks.report().splitlines()
+    assert lines[0] == "outside any request"
+    assert len(lines) == 1 + LISTED_AT_MOST + 1
+    assert re.fullmatch(r"  - print\(0\)   pending  tests/test_plugin\.py:\d+", lines[1])
+    assert lines[-2].startswith(f"  - print({LISTED_AT_MOST - 1})  pending  tests/test_plugin.py:")
+    assert lines[-1] == "... and 3 more"
+    assert len(tasks) == len(bgtasks.tasks)
+
+
+def test_a_task_shown_under_a_parent_of_another_request_says_which(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = FastAPI()
+
+    def note(text: str) -> None:
+        pass
+
+    @app.get("/inner")
+    def inner(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(note, "inner")  # inner
+        return {}
+
+    async def call_inner() -> None:  # a task that calls the app in turn
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await client.get("/inner")
+
+    @app.post("/outer")
+    def outer(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(call_inner)  # outer
+        return {}
+
+    with TestClient(app) as client:
+        client.post("/outer")
+    source = Path(__file__).read_text().splitlines()
+    inner_at, outer_at = (
+        next(n for n, line in enumerate(source, start=1) if line.endswith(mark))
+        for mark in ("# inner", "# outer")
+    )
+    assert bgtasks.report().splitlines() == [
+        "POST /outer, answered with 200",
+        f"  - call_inner()     ran  tests/test_plugin.py:{outer_at}",
+        f"    - note('inner')  ran  tests/test_plugin.py:{inner_at}",
+        "        scheduled during GET /inner, answered with 200",
+    ]
 
 
 def test_a_failed_assertion_points_at_the_test_not_into_the_plugin(
@@ -618,21 +802,107 @@ def test_a_failed_assertion_points_at_the_test_not_into_the_plugin(
     assert "_deferred_args" in frame
 
 
-def test_bg_client_needs_an_app_fixture(pytester: pytest.Pytester) -> None:
+TASK_FAILURES = """
+import pytest
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+from conftest import explode
+
+async def explode_async(value):
+    raise ZeroDivisionError(value)
+
+def fake_explode(value):
+    raise ZeroDivisionError(value)
+
+async def fake_explode_async(value):
+    raise ZeroDivisionError(value)
+
+class OwnCall(BackgroundTask):
+    async def __call__(self):
+        await super().__call__()
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+def test_sync(bg_client):
+    bg_client.post("/explode")
+
+def test_async(app, bg_client):
+    app.post("/async")(lambda: JSONResponse({}, background=BackgroundTask(explode_async, 1)))
+    bg_client.post("/async")
+
+def test_replaced(bg_client, bgtasks):
+    bgtasks.replace(explode, fake_explode)
+    bg_client.post("/explode")
+
+def test_replaced_async(bg_client, bgtasks):
+    bgtasks.replace(explode, fake_explode_async)
+    bg_client.post("/explode")
+
+def test_own_call(app, bg_client):
+    app.post("/own")(lambda: JSONResponse({}, background=OwnCall(explode, 2)))
+    bg_client.post("/own")
+
+@pytest.mark.bgtasks(mode="defer")
+def test_deferred(bg_client, bgtasks):
+    bg_client.post("/explode")
+    bgtasks.run_deferred()
+
+@pytest.mark.anyio
+@pytest.mark.bgtasks(mode="defer")
+async def test_deferred_async(app, bgtasks):
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await client.post("/explode")
+    await bgtasks.arun_deferred()
+"""
+
+
+@pytest.mark.parametrize("style", ["short", "long"])
+def test_a_failing_task_shows_its_own_frames_and_none_of_the_plugin(
+    pytester: pytest.Pytester, style: str
+) -> None:
+    make_tests(pytester, TASK_FAILURES)
+    result = pytester.runpytest(f"--tb={style}")
+    result.assert_outcomes(failed=7)
+    lines = result.stdout.lines
+    plugin_frames = [line for line in lines if re.search(r"pytest_bgtasks[/\\]\w+", line)]
+    assert plugin_frames == []
+    # The frame of each task, or of the fake that ran in its place, is there.
+    own = [line for line in lines if re.fullmatch(r">?\s+raise ZeroDivisionError\(value\)", line)]
+    assert len(own) == 7
+    if style == "short":
+        functions = re.findall(r"^\S+\.py:\d+: in (\w+)$", result.stdout.str(), re.M)
+        tasks = [name for name in functions if "explode" in name]
+        # by test: sync, async, replaced, replaced_async, own_call, deferred, deferred_async
+        assert sorted(tasks) == sorted(
+            ["explode", "explode_async", "fake_explode", "fake_explode_async"] + ["explode"] * 3
+        )
+
+
+@pytest.mark.parametrize("fixture", ["bg_client", "bg_client_factory"])
+@pytest.mark.parametrize("name", ["app", "api"])
+def test_bg_client_needs_an_app_fixture(pytester: pytest.Pytester, fixture: str, name: str) -> None:
     pytester.makepyfile(
-        """
-        def test_it(bg_client):
+        f"""
+        def test_it({fixture}):
             pass
         """
     )
+    if name != "app":
+        pytester.makeini(f"[pytest]\nbgtasks_app_fixture = {name}\n")
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "bg_client needs a fixture named 'app' that returns your ASGI app; define one in "
-            "conftest.py, or name yours with the ini option bgtasks_app_fixture."
-        ]
+    message = (
+        f"{fixture} needs a fixture named {name!r} that returns your ASGI app; define one in "
+        "conftest.py, or name yours with the ini option bgtasks_app_fixture."
     )
+    result.stdout.fnmatch_lines(["*_ ERROR at setup of test_it _*", message])
+    assert_shown_once(result, message)
+    manual.assert_listed(message)
 
 
 def test_bg_client_uses_the_fixture_the_ini_names(pytester: pytest.Pytester) -> None:
@@ -666,6 +936,102 @@ def test_bg_client_uses_the_fixture_the_ini_names(pytester: pytest.Pytester) -> 
     )
     pytester.makeini("[pytest]\nbgtasks_app_fixture = api\n")
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+FACTORY = """
+import contextlib
+import pytest
+from fastapi import BackgroundTasks, FastAPI, Request
+from starlette.testclient import TestClient
+from pytest_bgtasks import TaskRequest, TaskStatus
+from conftest import explode, send_welcome_email
+
+events = []
+
+@pytest.fixture
+def app():
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        events.append("start")
+        yield
+        events.append("stop")
+
+    events.clear()
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/echo")
+    def echo(request: Request, background_tasks: BackgroundTasks):
+        background_tasks.add_task(send_welcome_email, request.headers.get("x-user"))
+        return {"url": str(request.url), "user": request.headers.get("x-user")}
+
+    @app.post("/explode")
+    def explode_later(background_tasks: BackgroundTasks):
+        background_tasks.add_task(explode, "in the background")  # explode
+        return {}
+
+    @app.post("/broken")
+    def broken():
+        raise ZeroDivisionError("in the endpoint")
+
+    return app
+
+def test_options_reach_the_app(bg_client_factory, bgtasks):
+    client = bg_client_factory(base_url="https://api.example", headers={"x-user": "ada"})
+    assert isinstance(client, TestClient)
+    assert client.get("/echo").json() == {"url": "https://api.example/echo", "user": "ada"}
+    record = bgtasks.assert_task_ran(send_welcome_email, "ada")
+    assert record.request == TaskRequest("GET", "/echo")
+
+@pytest.mark.bgtasks(allow_failures=True)
+def test_server_exceptions_as_responses(bg_client_factory, bgtasks):
+    client = bg_client_factory(raise_server_exceptions=False)
+    assert client.post("/broken").status_code == 500
+    # A task runs after its response is sent: the client has its 200, the record the error.
+    assert client.post("/explode").status_code == 200
+    record = bgtasks.assert_task_failed(explode)
+    assert isinstance(record.exception, ZeroDivisionError)
+
+def test_server_exceptions_hidden_are_reported(bg_client_factory):
+    assert bg_client_factory(raise_server_exceptions=False).post("/explode").status_code == 200
+
+def test_each_client_runs_lifespan(bg_client_factory, bg_client):
+    assert events == ["start"]
+    first, second = bg_client_factory(), bg_client_factory(headers={"x-user": "bob"})
+    assert first is not second and bg_client not in (first, second)
+    assert events == ["start"] * 3
+    assert second.get("/echo").json()["user"] == "bob"
+
+def test_every_client_was_closed():
+    assert events == ["start"] * 3 + ["stop"] * 3
+
+def test_the_app_comes_from_the_fixture(bg_client_factory, app):
+    bg_client_factory(app=app)
+"""
+
+
+def test_bg_client_factory_makes_clients_with_options(pytester: pytest.Pytester) -> None:
+    make_tests(pytester, FACTORY)
+    result = pytester.runpytest("--tb=short")
+    result.assert_outcomes(passed=5, failed=1, errors=1)
+    lines = (pytester.path / "test_it.py").read_text().splitlines()
+    explode = next(n for n, line in enumerate(lines, start=1) if "# explode" in line)
+    message = (
+        "bg_client_factory() takes the app from the fixture 'app', not app=: pass only "
+        "TestClient's other options (base_url, headers, raise_server_exceptions...)."
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_server_exceptions_hidden_are_reported _*",
+            "1 background task raised and the test never saw the exception (the client or a "
+            "middleware hid it):",
+            f"- explode('in the background') [failed] POST /explode  (test_it.py:{explode})",
+            "*_ test_the_app_comes_from_the_fixture _*",
+            "test_it.py:*: in test_the_app_comes_from_the_fixture",
+            "    bg_client_factory(app=app)",
+            f"E   TypeError: {message}",
+        ]
+    )
+    manual.assert_listed(message)
 
 
 def test_a_missing_fixture_inside_app_is_reported_as_usual(pytester: pytest.Pytester) -> None:

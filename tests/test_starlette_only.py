@@ -208,6 +208,7 @@ def test_the_plugin_surface_with_a_starlette_app(pytester: pytest.Pytester) -> N
             "- send_welcome_email('lost') [dropped] POST /forgetful  (conftest.py:16)",
             "*_ test_failing _*",
             "*- Captured background tasks -*",
-            "- send_welcome_email('a@b.com') [ran] POST /signup  (conftest.py:13)",
+            "POST /signup, answered with 200",
+            "  - send_welcome_email('a@b.com')  ran  conftest.py:13",
         ]
     )

@@ -106,7 +106,8 @@ def expect_the_failure_report(result: pytest.RunResult, site: int) -> None:
             "*_ test_fails_on_a_worker _*",
             "E       AssertionError: No background task matching deliver(1000) ran.",
             "*- Captured background tasks -*",
-            f"- deliver(999) [ran] POST /orders/999  (conftest.py:{site})",
+            "POST /orders/999, answered with 200",
+            f"  - deliver(999)  ran  conftest.py:{site}",
         ]
     )
 
@@ -182,7 +183,8 @@ def test_a_test_that_times_out_keeps_its_records_and_the_next_starts_clean(
             "*_ test_hangs _*",
             "E*Failed: Timeout*",
             "*- Captured background tasks -*",
-            "- wait_forever() [cancelled] GET /hang  (test_hang.py:15)",
-            "    cancelled while running",
+            "GET /hang, answered with 200",
+            "  - wait_forever()  cancelled  test_hang.py:15",
+            "      cancelled while running",
         ]
     )

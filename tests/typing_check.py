@@ -131,6 +131,13 @@ def test_control(bg_client: TestClient, bgtasks: BackgroundTaskCapture) -> None:
     assert isinstance(record.exception, SimulatedTaskError)
 
 
+def test_clients_with_options(bg_client_factory: Callable[..., TestClient]) -> None:
+    client = bg_client_factory(base_url="https://api.example", headers={"x-user": "ada"})
+    assert_type(client, TestClient)
+    quiet = bg_client_factory(raise_server_exceptions=False)
+    assert_type(quiet.post("/checkout").status_code, int)
+
+
 async def test_async(bgtasks: BackgroundTaskCapture) -> None:
     assert_type(await bgtasks.arun_deferred(), list[TaskRecord])
     assert_type(await bgtasks.arun_deferred(task(audit), limit=2), list[TaskRecord])

@@ -211,6 +211,7 @@ class StarletteSource:
             token = current_request.set(request)
 
             async def watched_send(message: Any) -> None:
+                __tracebackhide__ = True
                 if message["type"] == "http.response.start":
                     request.status = message["status"]
                 await send(message)
