@@ -8,25 +8,24 @@ first uses it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import pytest_bgtasks._findings as _findings
 import pytest_bgtasks._messages as _messages
 import pytest_bgtasks._state as _state
 
+from ._closest import closest
 from ._lifecycle import TaskRecord, TaskStatus
 from ._matching import (
     ExpectedTask,
     Matcher,
     Target,
-    binding_of,
     check_fits,
     expected_call,
     expected_task,
-    mismatches,
 )
-from ._naming import call_shape, describe_value, target_name
+from ._naming import describe_value, target_name
 from ._runner import Rule, Runner, check_count, check_timeout
 from ._settings import Mode, check_mode
 
@@ -100,7 +99,7 @@ class TaskLog:
         if found is None:
             records = self.tasks
             raise AssertionError(
-                _messages.missing(expected, "was added", records, _closest(expected, records))
+                _messages.missing(expected, "was added", records, closest(expected, records))
             )
         return found
 
@@ -140,7 +139,7 @@ class TaskLog:
             if record.status is status:
                 return record
         records = self.tasks
-        hint = _messages.matching_hint(found[0]) if found else _closest(expected, records)
+        hint = _messages.matching_hint(found[0]) if found else closest(expected, records)
         raise AssertionError(_messages.missing(expected, outcome, records, hint))
 
     def assert_task_count(self, expected: int, func: Target | None = None) -> list[TaskRecord]:
@@ -183,35 +182,6 @@ class TaskLog:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {_messages.count(len(self._records))}>"
-
-
-def _closest(expected: ExpectedTask, records: Sequence[TaskRecord]) -> str:
-    """The record most like the expected call, argument by argument; or one of the same name
-    that is a different function object."""
-    matcher = Matcher(expected)
-    same: list[tuple[int, TaskRecord, list[str]]] = []
-    for record in records[-1000:]:
-        func, args, kwargs = call_shape(record.func, record.args, record.kwargs)
-        binding = matcher.binding(func, record)
-        if binding is not None:
-            found = mismatches(expected, binding, args, kwargs)
-            same.append((len(found), record, found))
-    if same:
-        _, record, found = min(same, key=lambda item: item[0])
-        return f"Closest: {record.name}: {'; '.join(found)}"
-    name = target_name(expected.func)
-    for record in records:
-        if record.name == name:
-            if binding_of(record.func)[0] is binding_of(expected.func)[0]:
-                return (
-                    f"Closest: {record.call} (#{record.index}) is the method of another object: "
-                    f"pass {name} itself to match it on any object."
-                )
-            return (
-                f"Closest: {record.call} (#{record.index}) calls a different function object "
-                f"with the same name {name!r}: is it imported from another module, or wrapped?"
-            )
-    return ""
 
 
 class BackgroundTaskCapture(TaskLog):

@@ -16,7 +16,6 @@ from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
 from ._naming import (
     _format_arguments,
-    arg_repr,
     call_shape,
     callable_name,
     describe_value,
@@ -377,8 +376,8 @@ def _lay_out(
     signature = binding.signature()
     if signature is None:
         return _NO_MATCH
-    want = _bind(signature, expected.args, expected.kwargs)
-    got = _bind(
+    want = bind(signature, expected.args, expected.kwargs)
+    got = bind(
         signature,
         tuple(_Slot(i) for i in range(positional)),
         {name: _Slot(name) for name in keywords},
@@ -434,48 +433,7 @@ def same_function(expected: object, actual: object) -> bool:
         return False
 
 
-def mismatches(
-    expected: ExpectedTask, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> list[str]:
-    """What differs between the expected call (with arguments) and an actual call of the same
-    function: one entry per argument, by name when both calls fit the signature."""
-    signature = binding.signature()
-    want = _bind(signature, expected.args, expected.kwargs) if signature is not None else None
-    got = _bind(signature, args, kwargs) if signature is not None else None
-    if want is None or got is None:
-        return _raw_mismatches(expected, args, kwargs)
-    # Both calls are bound to the same signature with defaults applied: the same names.
-    return [
-        f"arg {name!r} expected {arg_repr(value)}, got {arg_repr(got[name])}"
-        for name, value in want.items()
-        if not equal(value, got[name])
-    ]
-
-
-def _raw_mismatches(
-    expected: ExpectedTask, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> list[str]:
-    found: list[str] = []
-    if len(expected.args) != len(args):
-        found.append(f"positional args expected {arg_repr(expected.args)}, got {arg_repr(args)}")
-    else:
-        for position, (want, got) in enumerate(zip(expected.args, args, strict=True)):
-            if not equal(want, got):
-                found.append(f"arg {position} expected {arg_repr(want)}, got {arg_repr(got)}")
-    for name, want in expected.kwargs.items():
-        if name not in kwargs:
-            found.append(f"kwarg {name!r} expected {arg_repr(want)}, not given")
-        elif not equal(want, kwargs[name]):
-            found.append(f"kwarg {name!r} expected {arg_repr(want)}, got {arg_repr(kwargs[name])}")
-    found += [
-        f"unexpected kwarg {name!r}={arg_repr(value)}"
-        for name, value in kwargs.items()
-        if name not in expected.kwargs
-    ]
-    return found
-
-
-def _bind(
+def bind(
     signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any] | None:
     try:

@@ -178,3 +178,17 @@ def quiet_celery_warnings() -> None:
         r"(celery|kombu)(\.|$)",
     )
     ignore("ignore", r"The broker_connection_retry configuration", module=r"celery\.worker")
+
+
+def decoded(
+    serialization: Any, app: Any, message: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A message's arguments as a worker receives them: after the serializer's round trip."""
+    accept = serialization.prepare_accept_content(app.conf.accept_content)
+    try:
+        args, kwargs, _ = serialization.loads(
+            message["body"], message["content_type"], message["content_encoding"], accept=accept
+        )
+    except Exception:  # a content type the worker refuses: shown as sent
+        return (), {}
+    return tuple(args), dict(kwargs)  # pyright: ignore[reportUnknownArgumentType]

@@ -34,6 +34,7 @@ from .._naming import NAMERS
 from ._celery_kombu import (
     Publishing,
     UnknownTask,
+    decoded,
     fail_inside,
     quiet_celery_warnings,
     recording_class,
@@ -279,7 +280,7 @@ class CelerySource:
         task's own again for a retry)."""
         if message["headers"].get("id") != task_id:
             return
-        args, kwargs = self._decoded(app, message)
+        args, kwargs = decoded(self.serialization, app, message)
         with self.lock:
             record = self.records.get(task_id)
             if record is not None:
@@ -319,18 +320,6 @@ class CelerySource:
             record.refused(problem)
         self.records[task_id] = record
         return record
-
-    def _decoded(self, app: Any, message: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """The arguments as a worker receives them: after the serializer's round trip."""
-        serialization = self.serialization
-        accept = serialization.prepare_accept_content(app.conf.accept_content)
-        try:
-            args, kwargs, _ = serialization.loads(
-                message["body"], message["content_type"], message["content_encoding"], accept=accept
-            )
-        except Exception:  # a content type the worker refuses: shown as sent
-            return (), {}
-        return tuple(args), dict(kwargs)  # pyright: ignore[reportUnknownArgumentType]
 
     def _pick_up(self, record: TaskRecord) -> None:
         """Run it as a worker would pick it up: after the request that sent it, after the task
