@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import math
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -438,21 +438,23 @@ def test_a_task_defined_in_the_endpoint_is_matched_by_its_name(
 
 
 def test_call_sites_outside_the_rootdir_are_absolute(
-    bgtasks: BackgroundTaskCapture, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    bgtasks: BackgroundTaskCapture, tmp_path: Any
 ) -> None:
-    (tmp_path / "elsewhere.py").write_text(
+    path = tmp_path / "elsewhere.py"
+    path.write_text(
         "from starlette.background import BackgroundTask\n\n"
         "def make(func):\n"
         "    return BackgroundTask(func, 'from elsewhere')\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import elsewhere
+    spec = importlib.util.spec_from_file_location("elsewhere", path)
+    assert spec is not None and spec.loader is not None
+    elsewhere = importlib.util.module_from_spec(spec)  # not kept in sys.modules
+    spec.loader.exec_module(elsewhere)
 
     elsewhere.make(sync_job)
     (record,) = bgtasks.tasks
-    assert record.added_at == f"{tmp_path / 'elsewhere.py'}:4"
-    assert record.call_site == (str(tmp_path / "elsewhere.py"), 4)
-    monkeypatch.delitem(sys.modules, "elsewhere")
+    assert record.added_at == f"{path}:4"
+    assert record.call_site == (str(path), 4)
 
 
 @pytest.mark.anyio
