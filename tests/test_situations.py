@@ -447,7 +447,8 @@ def test_call_sites_outside_the_rootdir_are_absolute(
         "    return BackgroundTask(func, 'from elsewhere')\n"
     )
     spec = importlib.util.spec_from_file_location("elsewhere", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     elsewhere = importlib.util.module_from_spec(spec)  # not kept in sys.modules
     spec.loader.exec_module(elsewhere)
 
