@@ -319,6 +319,13 @@ def celery_unknown_to_worker(name: str) -> str:
     return f"the worker does not know a task named {name!r}: it dropped the message"
 
 
+def worker_not_ready(app: str, broker: str) -> str:
+    return (
+        f"The Celery worker of {app!r} did not become ready: is its broker ({broker}) running? "
+        "In tests, point the app's broker at the bgtasks_redis_url fixture."
+    )
+
+
 def celery_does_not_bind(name: str, error: TypeError) -> str:
     return f"the arguments do not fit {name}: {error}; the task would fail in the worker"
 

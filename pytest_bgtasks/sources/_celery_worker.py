@@ -17,6 +17,8 @@ import time
 import uuid
 from typing import Any
 
+import pytest_bgtasks._messages as _messages
+
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
@@ -54,7 +56,7 @@ class InProcessWorker:
         self.thread.start()
         if not self.controller._on_started.wait(READY_TIMEOUT):
             self.stop()
-            raise TimeoutError(f"The Celery worker of {self.app.main!r} did not become ready.")
+            raise TimeoutError(_messages.worker_not_ready(self.app.main, self.app.conf.broker_url))
         self.celery_state._set_task_join_will_block(self._blocking)
 
     def stop(self) -> None:
