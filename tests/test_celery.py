@@ -254,6 +254,8 @@ def test_a_name_no_app_registers_and_arguments_that_do_not_bind_are_reported(
     (finding,) = bgtasks.findings()
     assert finding.kind == "did_nothing"
     assert done == []
+    manual.assert_listed(unknown.problem)
+    manual.assert_listed(unbound.problem)
 
 
 def test_arguments_that_do_not_bind_raise_at_delay_as_celery_checks_them(
