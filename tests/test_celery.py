@@ -25,6 +25,7 @@ from kombu.exceptions import EncodeError
 from starlette.testclient import TestClient
 
 import apps
+import manual
 from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus, task
 
 
