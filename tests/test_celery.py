@@ -6,9 +6,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import celery_apps
 import pytest
 from celery import chain, chord, group
+from kombu.exceptions import EncodeError
+from starlette.testclient import TestClient
+
+import apps
+import celery_apps
+import manual
 from celery_apps import (
     add,
     boom,
@@ -21,11 +26,6 @@ from celery_apps import (
     total,
     whoami,
 )
-from kombu.exceptions import EncodeError
-from starlette.testclient import TestClient
-
-import apps
-import manual
 from pytest_bgtasks import BackgroundTaskCapture, TaskRequest, TaskStatus, task
 
 
