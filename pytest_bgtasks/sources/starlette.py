@@ -148,9 +148,11 @@ class StarletteSource:
         self.batches = []
 
     # -- the patches -----------------------------------------------------------------------
+    # Each patch is a thin shim, made once when installed: what it does is a method of the
+    # source, called (and so tested) on every call.
 
     @staticmethod
-    def _task_init(original: Any, slot: Slot) -> Callable[..., None]:
+    def _task_init(original: Any, slot: Slot) -> Callable[..., None]:  # pragma: no mutate block
         def __init__(self: Any, func: Any, *args: Any, **kwargs: Any) -> None:
             __tracebackhide__ = True
             original(self, func, *args, **kwargs)
@@ -161,90 +163,112 @@ class StarletteSource:
         return __init__
 
     @staticmethod
-    def _batch_init(original: Any, slot: Slot) -> Callable[..., None]:
+    def _batch_init(original: Any, slot: Slot) -> Callable[..., None]:  # pragma: no mutate block
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             __tracebackhide__ = True
             original(self, *args, **kwargs)
             source = slot.source
             if source is not None and source.state.captures:
-                request = current_request.get()
-                if isinstance(request, StarletteRequest):
-                    request.batches.append(self)
-                else:
-                    source.batches.append(self)
+                source.batch_made(self)
 
         return __init__
 
     @staticmethod
-    def _task_call(original: Any, slot: Slot) -> Callable[..., Any]:
+    def _task_call(original: Any, slot: Slot) -> Callable[..., Any]:  # pragma: no mutate block
         async def __call__(self: Any) -> None:
             __tracebackhide__ = True
             source = slot.source
             if source is None or not source.state.captures or _executing.get() is self:
                 await original(self)
-                return
-            record = source.records.get(id(self))
-            if record is None or record._handle is not self or record._called:
-                record = source.record_for_call(self, record)
-            runner = source.state.controller(record) if record is not None else None
-            if runner is None or record is None:
-                await original(self)
-                return
-            await runner.dispatch(record)
+            else:
+                await source.called(self, original)
 
         return __call__
 
     @staticmethod
-    def _app_call(original: Any, slot: Slot) -> Callable[..., Any]:
+    def _app_call(original: Any, slot: Slot) -> Callable[..., Any]:  # pragma: no mutate block
         async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
             __tracebackhide__ = True
             source = slot.source
-            outer = current_request.get()
-            if (
-                source is None
-                or scope["type"] not in ("http", "websocket")
-                or (isinstance(outer, StarletteRequest) and outer.scope is scope)  # mounted
-            ):
+            if source is None:
                 await original(self, scope, receive, send)
-                return
-            request = source.request_started(scope)
-            token = current_request.set(request)
-
-            async def watched_send(message: Any) -> None:
-                __tracebackhide__ = True
-                if message["type"] == "http.response.start":
-                    request.status = message["status"]
-                await send(message)
-
-            try:
-                await original(self, scope, receive, watched_send)
-            except BaseException as exc:
-                request.error = exc
-                request.error_traceback = exc.__traceback__  # where it leaves the app
-                raise
-            finally:
-                current_request.reset(token)
-                source.request_finished(request)
+            else:
+                await source.serve(original, self, scope, receive, send)
 
         return __call__
 
     @staticmethod
-    def _lookup(original: Any, slot: Slot) -> Callable[..., Any]:
+    def _lookup(original: Any, slot: Slot) -> Callable[..., Any]:  # pragma: no mutate block
         # Starlette >= 0.28: `_lookup_exception_handler(handlers, exc)`;
         # 0.27: the method `ExceptionMiddleware._lookup_exception_handler(self, exc)`.
         def _lookup_exception_handler(*args: Any) -> Any:
             __tracebackhide__ = True
             handler = original(*args)
-            request = current_request.get()
-            if slot.source is not None and isinstance(request, StarletteRequest):
-                exc = args[-1]
-                if request.status is None and not any(
-                    record._details.exception is exc for record in request.records
-                ):
-                    request.raised.append(exc)
+            if slot.source is not None:
+                slot.source.looked_up(args[-1])
             return handler
 
         return _lookup_exception_handler
+
+    def batch_made(self, batch: Any) -> None:
+        """A `BackgroundTasks` was made while a capture is active: a task's batch is the one
+        that holds it."""
+        request = current_request.get()
+        if isinstance(request, StarletteRequest):
+            request.batches.append(batch)
+        else:
+            self.batches.append(batch)
+
+    async def called(self, task: Any, original: Any) -> None:
+        """A response (or anything else) calls a task while a capture is active."""
+        __tracebackhide__ = True
+        record = self.records.get(id(task))
+        if record is None or record._handle is not task or record._called:
+            record = self.record_for_call(task, record)
+        runner = self.state.controller(record) if record is not None else None
+        if runner is None or record is None:
+            await original(task)
+        else:
+            await runner.dispatch(record)
+
+    async def serve(self, original: Any, app: Any, scope: Any, receive: Any, send: Any) -> None:
+        """The outermost `Starlette.__call__` of a request: which request schedules what is
+        scheduled meanwhile, and how it ended."""
+        __tracebackhide__ = True
+        outer = current_request.get()
+        mounted = isinstance(outer, StarletteRequest) and outer.scope is scope
+        if scope["type"] not in ("http", "websocket") or mounted:
+            await original(app, scope, receive, send)
+            return
+        request = self.request_started(scope)
+        token = current_request.set(request)
+
+        async def watched_send(message: Any) -> None:
+            __tracebackhide__ = True
+            if message["type"] == "http.response.start":
+                request.status = message["status"]
+            await send(message)
+
+        try:
+            await original(app, scope, receive, watched_send)
+        except BaseException as exc:
+            request.error = exc
+            request.error_traceback = exc.__traceback__  # where it leaves the app
+            raise
+        finally:
+            current_request.reset(token)
+            self.request_finished(request)
+
+    def looked_up(self, exc: BaseException) -> None:
+        """Starlette looked up a handler for an exception: the endpoint raised it, unless a
+        task did (after the response started)."""
+        request = current_request.get()
+        if (
+            isinstance(request, StarletteRequest)
+            and request.status is None
+            and not any(record._details.exception is exc for record in request.records)
+        ):
+            request.raised.append(exc)
 
     # -- what the patches see --------------------------------------------------------------
 
