@@ -258,7 +258,8 @@ def assert_shown_once(result: pytest.RunResult, message: str) -> None:
     output = result.stdout.str()
     assert "During handling of the above exception" not in output
     assert "direct cause of the following exception" not in output
-    report = output.split(" ERROR at setup of ", 1)[1].split("short test summary", 1)[0]
+    # The error's section ends where the next one (warnings summary, short test summary) starts.
+    report = output.split(" ERROR at setup of ", 1)[1].split("\n=", 1)[0]
     assert "pytest_bgtasks" not in report
 
 
