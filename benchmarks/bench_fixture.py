@@ -2,8 +2,9 @@
 
 Two generated suites of N trivial tests, in files of 50: one whose tests request `bgtasks`, one
 whose tests request `noop`, a function-scoped generator fixture that takes `request` and yields
-None. Both share one `conftest.py`, which defines `noop` and imports the plugin's public API, so
-that both sessions import the core and Starlette: what differs is the fixture alone (its set-up
+None. Both share one `conftest.py`, which defines `noop` and imports the plugin's public API and
+the Starlette modules the plugin's source imports at first use, so that both sessions import the
+core and Starlette: what differs is the fixture alone (its set-up
 and teardown checks, and the report hook the plugin adds once a test uses it). Each run is a
 fresh `python -m pytest` subprocess without the other installed plugins (`-p no:randomly`,
 `-p no:xdist`, ...), the two suites alternating, rotated.
@@ -42,7 +43,12 @@ CONFTEST = (
     LOOP_CLOCK
     + """
 
-# Both suites import the core (and with it Starlette), so only the fixture differs.
+# Both suites import the core and the Starlette modules its source needs (the plugin's public
+# API imports no Starlette), so only the fixture differs.
+import starlette._utils  # noqa: F401
+import starlette.applications  # noqa: F401
+import starlette.background  # noqa: F401
+
 from pytest_bgtasks import BackgroundTaskCapture  # noqa: F401
 
 
