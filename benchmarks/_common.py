@@ -292,6 +292,10 @@ def run_pytest(directory: Path, options: Sequence[str], env: Mapping[str, str]) 
     work it did whatever else the machine was doing; wall time also counts its waits for a core.
     """
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    # Modules load from their bytecode caches, as on a developer's machine (the warm-up run
+    # writes them): with PYTHONDONTWRITEBYTECODE set, every run would compile the plugin afresh
+    # (and pytest would rewrite its modules afresh), a cost that only the installed variant pays.
+    environment.pop("PYTHONDONTWRITEBYTECODE", None)
     environment.update(env)
     clock = directory / ".loop-clock"
     environment["BENCH_LOOP_CLOCK"] = str(clock)
