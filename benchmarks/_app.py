@@ -11,18 +11,15 @@ from typing import Any, Literal
 from unittest import mock
 
 import fastapi
+import httpx
 from fastapi import FastAPI
 from starlette.background import BackgroundTask
 from starlette.testclient import TestClient
 
 from pytest_bgtasks import BackgroundTaskCapture
 
-try:
-    import httpx
-except ImportError:  # pragma: no cover - an environment with httpx2 only
-    import httpx2 as httpx  # type: ignore[no-redef]
-
-MODES = ("run", "defer", "skip")
+Mode = Literal["run", "defer", "skip"]
+MODES: tuple[Mode, ...] = ("run", "defer", "skip")
 Kind = Literal["async", "sync"]
 ClientName = Literal["TestClient", "AsyncClient"]
 
@@ -111,11 +108,8 @@ def floor() -> Iterator[list[tuple[Any, tuple[Any, ...], dict[str, Any]]]]:
         append((func, args, kwargs))
         original(self, func, *args, **kwargs)
 
-    BackgroundTask.__init__ = init  # type: ignore[method-assign]
-    try:
+    with mock.patch.object(BackgroundTask, "__init__", init):
         yield calls
-    finally:
-        BackgroundTask.__init__ = original  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -139,7 +133,8 @@ def recording(variant: str) -> Iterator[Any]:
         with patched_add_task() as add_task:
             yield add_task
     else:
-        with BackgroundTaskCapture(mode=variant) as capture:  # type: ignore[arg-type]
+        [mode] = [mode for mode in MODES if mode == variant]
+        with BackgroundTaskCapture(mode=mode) as capture:
             yield capture
 
 

@@ -290,7 +290,8 @@ class TaskRecord:
     @property
     def call_site(self) -> CallSite | None:
         """Where the app scheduled it: the file (absolute) and the line; None when the task was
-        made before the capture started."""
+        made before the capture started, or with no frame of the app on the stack (a raw thread
+        started on the task class itself)."""
         if self._site is None:
             return None
         code, offset = self._site

@@ -84,13 +84,15 @@ def task(func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Expect
     return expected
 
 
-def expected_task(target: object, caller: str) -> ExpectedTask:
-    """A target (function, name or `task(...)`) as an `ExpectedTask`, or a TypeError that
-    names `caller`."""
+def expected_task(
+    target: object, caller: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> ExpectedTask:
+    """A target (function, name or `task(...)`) as an `ExpectedTask` (a function or name with
+    `args` and `kwargs`), or a TypeError that names `caller`."""
     if isinstance(target, ExpectedTask):
         return target
     if callable(target) or isinstance(target, str):
-        return ExpectedTask(target, (), {})
+        return ExpectedTask(target, args, kwargs or {})
     raise TypeError(
         f"{caller} expects a task function, its name, or task(func, *args, **kwargs), "
         f"got {describe_value(target)}."
@@ -105,9 +107,8 @@ def expected_call(
         if args or kwargs:
             raise TypeError(f"{caller} takes either task(...) or a function and its arguments.")
         return target
-    expected = expected_task(target, caller)
+    expected = expected_task(target, caller, args, kwargs)
     if args or kwargs:
-        expected = ExpectedTask(target, args, kwargs)  # type: ignore[arg-type]  # checked above
         check_fits(expected, caller)
     return expected
 

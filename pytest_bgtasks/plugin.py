@@ -149,9 +149,12 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # The marker alone turns capture on, as if the test requested the fixture. The list is a
     # copy: pytest shares one between the cases of a parametrized test.
-    names = getattr(item, "fixturenames", None)
-    if names is not None and "bgtasks" not in names and item.get_closest_marker("bgtasks"):
-        item.fixturenames = [*names, "bgtasks"]  # type: ignore[attr-defined]  # a Function's
+    if (
+        isinstance(item, pytest.Function)
+        and "bgtasks" not in item.fixturenames
+        and item.get_closest_marker("bgtasks")
+    ):
+        item.fixturenames = [*item.fixturenames, "bgtasks"]
 
 
 class _Reports:

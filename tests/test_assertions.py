@@ -146,7 +146,7 @@ def test_task_reprs_and_equality() -> None:
     assert expected != task(send_welcome_email, "a@b.com")
     assert expected != (send_welcome_email, "a@b.com")
     with pytest.raises(TypeError) as error:
-        task(42)  # type: ignore[arg-type]
+        task(42)  # type: ignore[arg-type]  # the misuse under test
     assert str(error.value) == "task() expects the task function or its name first, got 42 (int)."
     manual.assert_listed(str(error.value))
     assert repr(task("send_welcome_email", "a@b.com")) == "task('send_welcome_email', 'a@b.com')"
@@ -550,7 +550,7 @@ def test_raw_comparison_names_keyword_differences(bgtasks: BackgroundTaskCapture
 
 def test_unhashable_and_touchy_callables_still_match(bgtasks: BackgroundTaskCapture) -> None:
     class Unhashable:
-        __hash__ = None  # type: ignore[assignment]
+        __hash__ = None  # type: ignore[assignment]  # unhashable on purpose
 
         def __call__(self, to: str) -> None:
             pass

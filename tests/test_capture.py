@@ -13,6 +13,8 @@ import sys
 import threading
 import types
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -22,6 +24,7 @@ from starlette.background import BackgroundTask
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
 from starlette.responses import Response
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp
 
 import apps
 import manual
@@ -42,17 +45,17 @@ if sys.version_info < (3, 11):
 WORK = TaskRequest("POST", "/work")
 
 
-def post(app: object, path: str = "/work") -> int:
-    with TestClient(app) as client:  # type: ignore[arg-type]
+def post(app: ASGIApp, path: str = "/work") -> int:
+    with TestClient(app) as client:
         return client.post(path).status_code
 
 
 @pytest.mark.parametrize("func", [sync_job, async_job], ids=["def", "async-def"])
 @pytest.mark.parametrize("way", apps.WAYS)
 def test_every_way_of_scheduling_is_recorded_with_request_and_call_site(
-    bgtasks: BackgroundTaskCapture, way: str, func: object
+    bgtasks: BackgroundTaskCapture, way: str, func: Callable[..., Any]
 ) -> None:
-    assert post(apps.scheduling_app(way, func)) == 200  # type: ignore[arg-type]
+    assert post(apps.scheduling_app(way, func)) == 200
 
     (record,) = bgtasks.tasks
     assert record.func is func
@@ -158,11 +161,11 @@ class Stamp:
     ],
 )
 def test_kinds_of_callables_are_named_as_they_are_called(
-    bgtasks: BackgroundTaskCapture, func: object, name: str, call: str, did: object
+    bgtasks: BackgroundTaskCapture, func: Callable[..., Any], name: str, call: str, did: object
 ) -> None:
-    post(apps.fastapi_app((func, ("a",))))  # type: ignore[arg-type]
+    post(apps.fastapi_app((func, ("a",))))
 
-    record = assert_task_added(func, "a")  # type: ignore[arg-type]
+    record = assert_task_added(func, "a")
     assert record.func is func
     assert (record.name, record.call) == (name, call)
     assert record.problem is None
@@ -332,7 +335,7 @@ def test_mode_can_change_inside_the_test(bgtasks: BackgroundTaskCapture) -> None
         ValueError,
         match=r"Unknown background task mode 'later'; expected one of: run, defer, skip, worker\.",
     ):
-        bgtasks.mode = "later"  # type: ignore[assignment]
+        bgtasks.mode = "later"  # type: ignore[assignment]  # the misuse under test
     assert bgtasks.mode == "run"
 
 
@@ -508,10 +511,13 @@ def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) 
     ],
 )
 def test_rules_reject_bad_input(
-    bgtasks: BackgroundTaskCapture, call: object, error: type[Exception], message: str
+    bgtasks: BackgroundTaskCapture,
+    call: Callable[[BackgroundTaskCapture], object],
+    error: type[Exception],
+    message: str,
 ) -> None:
     with pytest.raises(error) as raised:
-        call(bgtasks)  # type: ignore[operator]
+        call(bgtasks)
     assert str(raised.value) == message
     if "times=" not in message:
         manual.assert_listed(message)
@@ -891,7 +897,7 @@ def test_run_deferred_arguments_are_checked(bgtasks: BackgroundTaskCapture) -> N
     with pytest.raises(ValueError, match=r"got nan\.$"):
         bgtasks.run_deferred(timeout=float("nan"))
     with pytest.raises(TypeError, match=r"run_deferred\(\) expects a task function"):
-        bgtasks.run_deferred(only=42)  # type: ignore[arg-type]
+        bgtasks.run_deferred(only=42)  # type: ignore[arg-type]  # the misuse under test
     with pytest.raises(TypeError, match=r"expects limit= to be an int >= 0, got True\.$"):
         bgtasks.run_deferred(limit=True)
     with pytest.raises(

@@ -3,12 +3,14 @@ nobody sees, cancelled responses, misuse. Each test pins the record and the app'
 
 from __future__ import annotations
 
+import _thread
 import concurrent.futures
 import contextlib
 import importlib.metadata
 import linecache
 import os
 import sys
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, ClassVar
@@ -886,7 +888,7 @@ def test_a_non_callable_given_to_add_task_is_reported_at_its_call_site(
 
     @app.post("/work")
     def work(background_tasks: BackgroundTasks) -> dict[str, str]:
-        background_tasks.add_task(42)  # type: ignore[arg-type]
+        background_tasks.add_task(42)  # type: ignore[arg-type]  # the misuse under test
         return {}
 
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -1073,6 +1075,23 @@ def test_a_call_site_is_the_line_a_frame_shows(bgtasks: BackgroundTaskCapture) -
     lines = [record.call_site.line for record in bgtasks.tasks if record.call_site is not None]
     assert lines == Where.shown
     assert len(set(lines)) == 2
+
+
+def test_a_task_made_with_no_app_code_on_the_stack_has_no_call_site(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    """A raw thread started on `BackgroundTask` itself: only Starlette's frames and the
+    plugin's are on its stack, so there is no line of the app to point at."""
+    _thread.start_new_thread(BackgroundTask, (sync_job, "raw"))
+    for _ in range(500):
+        if bgtasks.tasks:
+            break
+        time.sleep(0.01)
+    [record] = bgtasks.tasks
+    assert (record.name, record.args) == ("sync_job", ("raw",))
+    assert record.call_site is None
+    assert record.added_at is None
+    assert str(record) == "sync_job('raw') [pending]"
 
 
 def test_call_sites_are_relative_to_the_rootdir_wherever_the_test_runs(

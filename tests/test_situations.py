@@ -19,7 +19,7 @@ from fastapi import BackgroundTasks, Depends, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.testclient import TestClient
@@ -163,9 +163,9 @@ def test_an_endpoint_that_raised_is_no_complaint_when_a_middleware_answers_for_i
     bgtasks: BackgroundTaskCapture, status: int
 ) -> None:
     class Recover(BaseHTTPMiddleware):
-        async def dispatch(self, request: Request, call_next: Any) -> Response:
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
             try:
-                return await call_next(request)  # type: ignore[no-any-return]
+                return await call_next(request)
             except LookupError:
                 return JSONResponse({"detail": "later"}, status_code=status)
 

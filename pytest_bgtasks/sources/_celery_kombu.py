@@ -31,6 +31,8 @@ def recording_class(producer_class: Any) -> Any:
     """A kombu producer with no channel: kombu encodes the message, and it is recorded, not
     sent. Made as a subclass of kombu's `Producer` (the source makes it once)."""
 
+    # kombu's Producer comes in as a value (this module imports without kombu), so mypy sees
+    # an Any base; subclassing it typed would pin kombu's partly untyped publish signature.
     class RecordingProducer(producer_class):  # type: ignore[misc]
         def __init__(self, sink: Callable[[dict[str, Any]], None]) -> None:
             producer_class.__init__(self, None)  # no channel: nothing connects

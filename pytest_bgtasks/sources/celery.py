@@ -24,6 +24,7 @@ import importlib
 import inspect
 import sys
 import threading
+import types
 import uuid
 import warnings
 from collections.abc import Callable
@@ -479,12 +480,12 @@ class CelerySource:
     def _call_site(self) -> Site | None:
         """The line that sent the task, outside Celery and this plugin; None for a send Celery
         made itself for a task that finished (a chain's next link, a retry)."""
-        frame = sys._getframe(2)
+        frame: types.FrameType | None = sys._getframe(2)
         while frame is not None:
             module = str(frame.f_globals.get("__name__", ""))
             if module == "celery.app.trace":
                 return None
             if not (module + ".").startswith(_FRAMEWORK):
                 return (frame.f_code, frame.f_lasti)
-            frame = frame.f_back  # type: ignore[assignment]
+            frame = frame.f_back
         return None

@@ -466,7 +466,7 @@ class StarletteSource:
                     site = self.sites[id(code), offset] = (code, offset)
                 return site
             frame = frame.f_back
-        return None  # pragma: no cover - the test itself is always on the stack
+        return None  # no frame of the app: a raw thread started on the task class itself
 
     def _inits(self, cls: type[Any]) -> frozenset[types.CodeType]:
         codes = self.inits.get(cls)
