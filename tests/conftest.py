@@ -7,11 +7,13 @@ from collections.abc import Iterator
 import pytest
 
 import apps
+from pytest_bgtasks import BackgroundTaskCapture
 
-# Import the core now, so the in-process pytester runs of this suite (which drop the modules
-# they import) share it with the rest of the session.
-import pytest_bgtasks._capture
-import pytest_bgtasks.sources.starlette  # noqa: F401
+# Load the core and its Starlette source now (a capture started and stopped), so that the
+# in-process pytester runs of this suite (which drop the modules they import) share them with
+# the rest of the session.
+with BackgroundTaskCapture():
+    pass
 
 if importlib.util.find_spec("fastapi") is None:
     # FastAPI is optional, and the matrix's starlette-only environment proves it: there, the
