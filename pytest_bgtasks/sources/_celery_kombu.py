@@ -27,9 +27,10 @@ class UnknownTask:
         raise LookupError(f"no Celery app registers a task named {self.name!r}")
 
 
-def recording_class(producer_class: Any) -> Any:
+def recording_class(producer_class: Any) -> Any:  # pragma: no mutate block
     """A kombu producer with no channel: kombu encodes the message, and it is recorded, not
-    sent. Made as a subclass of kombu's `Producer` (the source makes it once)."""
+    sent. Made as a subclass of kombu's `Producer`, once a session (so marked for mutmut: what
+    it does with a message is in `message_of`)."""
 
     # kombu's Producer comes in as a value (this module imports without kombu), so mypy sees
     # an Any base; subclassing it typed would pin kombu's partly untyped publish signature.
@@ -60,18 +61,59 @@ def recording_class(producer_class: Any) -> Any:
             **__: Any,
         ) -> None:
             self._sink(
-                {
-                    "body": body,
-                    "content_type": content_type,
-                    "content_encoding": content_encoding,
-                    "headers": headers,
-                    "properties": {**properties, "priority": priority},
-                    "exchange": exchange,
-                    "routing_key": routing_key,
-                }
+                message_of(
+                    body,
+                    priority,
+                    content_type,
+                    content_encoding,
+                    headers,
+                    properties,
+                    routing_key,
+                    exchange,
+                )
             )
 
     return RecordingProducer
+
+
+def message_of(
+    body: Any,
+    priority: Any,
+    content_type: str,
+    content_encoding: str,
+    headers: dict[str, Any],
+    properties: dict[str, Any],
+    routing_key: str,
+    exchange: Any,
+) -> dict[str, Any]:
+    """The encoded message kombu would publish, as the source records it."""
+    return {
+        "body": body,
+        "content_type": content_type,
+        "content_encoding": content_encoding,
+        "headers": headers,
+        "properties": {**properties, "priority": priority},
+        "exchange": exchange,
+        "routing_key": routing_key,
+    }
+
+
+def worker_request(message: dict[str, Any]) -> dict[str, Any]:
+    """The request a worker builds from a received message, for `trace_task_ret`."""
+    properties = message["properties"]
+    request = dict(message["headers"])
+    request.update(
+        properties=properties,
+        reply_to=properties.get("reply_to"),
+        correlation_id=properties.get("correlation_id"),
+        delivery_info={
+            "exchange": message["exchange"],
+            "routing_key": message["routing_key"],
+            "priority": properties.get("priority"),
+            "redelivered": False,
+        },
+    )
+    return request
 
 
 class _NoConnection:
