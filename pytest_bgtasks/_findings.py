@@ -118,6 +118,8 @@ CHECKS: tuple[Callable[[Sequence[TaskRecord]], Finding | None], ...] = (
 
 
 def findings(records: Sequence[TaskRecord]) -> list[Finding]:
+    if not records:  # most tests: nothing to check
+        return []
     return [finding for check in CHECKS if (finding := check(records)) is not None]
 
 

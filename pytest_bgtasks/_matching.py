@@ -262,27 +262,30 @@ class Matcher:
         return [call for call in calls if self(call)]
 
     def first(self, calls: Iterable[_C]) -> _C | None:
-        """The first of `calls` that matches, or None. Calls of the target itself with the
-        expected shape (as many positional arguments, the same keywords) are compared as they
-        are, without a call of the matcher: most calls a test scans are of that kind."""
-        target, expected = self._target, self.expected
-        want_args, want_kwargs = expected.args, expected.kwargs
-        count = len(want_args)
-        any_args = self.any_args
+        """The first of `calls` that matches, or None. Calls of the target itself are compared
+        in place, against the expected call laid out once for each shape met (how many
+        positional arguments, which keywords): most calls a test scans are of that kind."""
+        target, own = self._target, self._own
+        any_args, layouts = self.any_args, own.layouts
         for call in calls:
-            if call.func is target:
-                if any_args:
-                    return call
-                args, kwargs = call.args, call.kwargs
-                if len(args) == count and kwargs.keys() == want_kwargs.keys():
-                    if _equal_args(want_args, args) and _equal_kwargs(want_kwargs, kwargs):
-                        return call
-                    continue
-                if self._arguments_match(self._own, args, kwargs):
+            if call.func is not target:
+                if self(call):
                     return call
                 continue
-            if self(call):
+            if any_args:
                 return call
+            args, kwargs = call.args, call.kwargs
+            want = layouts.get(len(args) if not kwargs else (len(args), *kwargs))
+            if want is None:
+                want = self._wanted(own, args, kwargs)
+            if want is _NO_MATCH:
+                continue
+            try:
+                if want[0] == args and want[1] == kwargs:  # identity first, expected on the left
+                    return call
+            except Exception:  # a comparison that raises: element by element
+                if _equal_args(want[0], args) and _equal_kwargs(want[1], kwargs):
+                    return call
         return None
 
     def binding(self, func: Any, call: Call) -> Binding | None:
@@ -313,22 +316,29 @@ class Matcher:
     def _arguments_match(
         self, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> bool:
-        expected = self.expected
-        if (
-            binding is self._own
-            and len(expected.args) == len(args)
-            and expected.kwargs.keys() == kwargs.keys()
-        ):
-            # Same shape: binding both to the signature would pair the same values.
-            return _equal_args(expected.args, args) and _equal_kwargs(expected.kwargs, kwargs)
+        want = self._wanted(binding, args, kwargs)
+        if want is _NO_MATCH:
+            return False
+        return _equal_args(want[0], args) and _equal_kwargs(want[1], kwargs)
+
+    def _wanted(self, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The expected call laid out as a call of `args` and `kwargs`' shape, `(args,
+        kwargs)`, made once per shape; `_NO_MATCH` when no call of that shape can match."""
         key = len(args) if not kwargs else (len(args), *kwargs)
         layout = binding.layouts.get(key)
         if layout is None:
-            layout = binding.layouts[key] = _lay_out(expected, binding, len(args), tuple(kwargs))
-        if layout is _NO_MATCH:
-            return False
-        want_args, want_kwargs = layout
-        return _equal_args(want_args, args) and _equal_kwargs(want_kwargs, kwargs)
+            expected = self.expected
+            if (
+                binding is self._own
+                and len(expected.args) == len(args)
+                and expected.kwargs.keys() == kwargs.keys()
+            ):
+                # Same shape: binding both to the signature would pair the same values.
+                layout = (expected.args, expected.kwargs)
+            else:
+                layout = _lay_out(expected, binding, len(args), tuple(kwargs))
+            binding.layouts[key] = layout
+        return layout
 
 
 def names_match(target: str, name: str, func: Any) -> bool:

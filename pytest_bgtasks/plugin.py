@@ -188,6 +188,8 @@ def _section_texts(config: pytest.Config, capture: BackgroundTaskCapture) -> tup
 
     records = capture.tasks
     plain = report_section(records)
+    if not records:  # the same text in colour
+        return plain, plain
     paint = _painter(config)
     return plain, plain if paint is None else report_section(records, paint)
 

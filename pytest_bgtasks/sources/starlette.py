@@ -452,21 +452,24 @@ class StarletteSource:
         created it, outside Starlette, FastAPI, this plugin and the task's own `__init__`
         methods (`skipped`)."""
         framework = self.framework
-        frame: types.FrameType | None = sys._getframe(2)  # the patch, then what called it
+        try:  # what called the patch (frame 2, ours): Starlette's `add_task`, or the app
+            frame: types.FrameType | None = sys._getframe(3)
+        except ValueError:  # nothing did: a raw thread started on the task class itself
+            return None
         while frame is not None:
             code = frame.f_code
             inside = framework.get(code)
             if inside is None:
                 module = str(frame.f_globals.get("__name__", "")) + "."
                 inside = framework[code] = module.startswith(_FRAMEWORK)
-            if not inside and code not in skipped:
+            if not (inside or (skipped and code in skipped)):  # (hashing a code is slow)
                 offset = frame.f_lasti
                 site = self.sites.get((id(code), offset))
                 if site is None:  # the first task from this line: the tuple keeps `code` alive
                     site = self.sites[id(code), offset] = (code, offset)
                 return site
             frame = frame.f_back
-        return None  # no frame of the app: a raw thread started on the task class itself
+        return None  # no frame of the app: all of the stack is Starlette, FastAPI or ours
 
     def _inits(self, cls: type[Any]) -> frozenset[types.CodeType]:
         codes = self.inits.get(cls)
