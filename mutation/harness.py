@@ -13,12 +13,19 @@ mutant named by `MUTANT_UNDER_TEST`. Two things keep the tests as they are witho
   `MUTANT_UNDER_TEST`), and `PYTEST_PLUGINS` naming this plugin, for the hidden frames.
   Not while mutmut maps tests to functions (`MUTANT_UNDER_TEST=stats`): its bookkeeping does
   not work outside `mutants/`, and a child process' calls would not be counted anyway.
+
+While mutmut maps tests to functions, the sources are also dropped after each test, so that the
+next test that captures makes and installs them afresh. The plugin makes them once a session,
+so mutmut would map their making (`__init__`, `install`, the patches) to the first test that
+captured, and run only that test against a mutant of it; this way every test that captures
+counts. The mutants themselves run with the plugin as it is.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +59,15 @@ def pytest_runtest_call() -> None:
     _trampolines_are_library_frames()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown() -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown() -> Generator[None, None, None]:
     _trampolines_are_library_frames()
+    yield
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        state: Any = sys.modules.get("pytest_bgtasks._state")
+        live = state.current() if state is not None else None
+        if live is not None and not live.captures:
+            live.uninstall()  # the next capture makes the sources again
 
 
 def _trampolines_are_library_frames() -> None:
