@@ -54,7 +54,8 @@ _SECTION = pytest.StashKey[tuple[str, str]]()
 """The report section of the test's tasks, once its capture is gone: plain, and as shown."""
 _SHOWN = pytest.StashKey[str]()
 """The section last added to a failing report, in plain text: JUnit XML gets it too."""
-_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+_FAILED = pytest.StashKey[bool]()
+"""Whether the test failed (or xfailed) so far: its findings would only add to that."""
 _USED = pytest.StashKey[bool]()
 
 SECTION_TITLE = "Captured background tasks"
@@ -170,7 +171,8 @@ class _Reports:
         capture = stash.get(_CAPTURE, None)
         if capture is None and _SECTION not in stash:
             return report
-        stash.setdefault(_REPORTS, {})[report.when] = report
+        if report.failed or hasattr(report, "wasxfail"):
+            stash[_FAILED] = True
         if report.failed and report.when != "setup":
             texts = _section_texts(item.config, capture) if capture is not None else stash[_SECTION]
             plain, shown = texts
@@ -244,11 +246,6 @@ def _marker_settings(item: pytest.Item) -> dict[str, Any]:
     return merged
 
 
-def _test_failed(item: pytest.Item) -> bool:
-    reports = item.stash.get(_REPORTS, None) or {}
-    return any(report.failed or hasattr(report, "wasxfail") for report in reports.values())
-
-
 def _first_use(config: pytest.Config) -> None:
     """The first test of the session that captures: hold the core's state for the session
     (Starlette stays patched, inert between captures), and put everything back at its end."""
@@ -278,6 +275,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
     capture.start()
     stash = request.node.stash
     stash[_CAPTURE] = capture
+    stash[_FAILED] = False  # so far (a rerun of the test starts again)
     try:
         yield capture
         findings = capture.findings()  # before the capture stops what it started (a worker)
@@ -286,7 +284,7 @@ def bgtasks(request: pytest.FixtureRequest) -> Iterator[BackgroundTaskCapture]:
         # The report keeps the text, not the records: they go with the test.
         stash[_SECTION] = _section_texts(request.config, capture)
         del stash[_CAPTURE]
-    if _test_failed(request.node):
+    if stash[_FAILED]:
         return
     errors, warns = _complaints(findings, settings)
     for message in warns:
