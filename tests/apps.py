@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pytest_bgtasks import TaskRecord, TaskStatus
+
 with contextlib.suppress(ImportError):  # no FastAPI: starlette_app() and the tasks still work
     from fastapi import BackgroundTasks, Depends, FastAPI
 
@@ -55,6 +57,19 @@ class Mailer:
 class Notifier:
     def __call__(self, to: str) -> None:
         ran.append(("Notifier", to))
+
+
+def assert_carried_its_own(records: list[TaskRecord]) -> TaskRecord:
+    """The injected task was dropped, and the response's own `async_job("own")` ran instead:
+    the dropped record."""
+    dropped, own = records
+    assert dropped.status is TaskStatus.DROPPED
+    assert dropped.reason == (
+        "never run: the response carried async_job('own') instead; an endpoint that returns a "
+        "response with its own `background` replaces the injected BackgroundTasks"
+    )
+    assert own.status is TaskStatus.RAN
+    return dropped
 
 
 def site(name: str, path: str = __file__) -> str:

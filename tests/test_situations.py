@@ -47,13 +47,7 @@ def test_an_error_status_is_no_excuse_for_a_task_its_response_did_not_carry(
     with TestClient(app) as client:
         assert client.post("/work").status_code == 400
 
-    dropped, own = bgtasks.tasks
-    assert dropped.status is TaskStatus.DROPPED
-    assert dropped.reason == (
-        "never run: the response carried async_job('own') instead; an endpoint that returns a "
-        "response with its own `background` replaces the injected BackgroundTasks"
-    )
-    assert own.status is TaskStatus.RAN
+    apps.assert_carried_its_own(bgtasks.tasks)
     assert [finding.kind for finding in bgtasks.findings()] == ["dropped"]
 
 

@@ -45,33 +45,8 @@ def recording_class(producer_class: Any) -> Any:  # pragma: no mutate block
             published: Any = producer_class.publish(self, body, **kwargs)
             return published
 
-        def _publish(
-            self,
-            body: Any,
-            priority: Any,
-            content_type: str,
-            content_encoding: str,
-            headers: dict[str, Any],
-            properties: dict[str, Any],
-            routing_key: str,
-            mandatory: Any,
-            immediate: Any,
-            exchange: Any,
-            *_: Any,
-            **__: Any,
-        ) -> None:
-            self._sink(
-                message_of(
-                    body,
-                    priority,
-                    content_type,
-                    content_encoding,
-                    headers,
-                    properties,
-                    routing_key,
-                    exchange,
-                )
-            )
+        def _publish(self, *args: Any, **kwargs: Any) -> None:
+            self._sink(message_of(*args, **kwargs))
 
     return RecordingProducer
 
@@ -84,9 +59,14 @@ def message_of(
     headers: dict[str, Any],
     properties: dict[str, Any],
     routing_key: str,
+    mandatory: Any,
+    immediate: Any,
     exchange: Any,
+    *_: Any,
+    **__: Any,
 ) -> dict[str, Any]:
-    """The encoded message kombu would publish, as the source records it."""
+    """The encoded message kombu would publish (what `Producer._publish` is given), as the
+    source records it."""
     return {
         "body": body,
         "content_type": content_type,
