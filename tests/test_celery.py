@@ -299,6 +299,27 @@ def test_a_real_worker_runs_what_is_sent(
 
 
 @pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker")
+def test_the_worker_mode_publishes_a_held_task_when_run_deferred_runs_it(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    tasks = on_a_real_broker
+    bgtasks.defer(tasks.send_email)
+    bgtasks.skip(tasks.add)
+    held = tasks.send_email.apply_async(("held@b.c",), countdown=60, queue="celery")
+    tasks.add.delay(1, 2)
+    assert bgtasks.wait(timeout=10) == bgtasks.tasks
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.DEFERRED, TaskStatus.SKIPPED]
+    assert done == []
+    (record,) = bgtasks.run_deferred()
+    bgtasks.wait(timeout=10)
+    assert record.status is TaskStatus.RAN
+    assert record.options["countdown"] == 60  # kept in the record; the worker runs it now
+    assert held.get(timeout=10) == "held@b.c"
+    assert done == [("send_email", "held@b.c")]
+
+
+@pytest.mark.slow  # a Redis-protocol server
 @pytest.mark.parametrize("mode", ["run", "worker"])
 def test_the_same_test_in_the_run_and_the_worker_mode(
     on_a_real_broker: Any, bgtasks: BackgroundTaskCapture, mode: Any
