@@ -415,23 +415,20 @@ def _slots_and_values(value: Any, wanted: Any) -> list[tuple[_Slot, Any]] | None
     if isinstance(value, _Slot):
         return [(value, wanted)]
     if isinstance(value, tuple) and value and isinstance(value[0], _Slot):  # *args
-        given = cast("tuple[_Slot, ...]", value)
+        given = cast("tuple[_Slot, ...]", value)  # pragma: no mutate (for the type checkers)
         if not isinstance(wanted, tuple):
             return None
         values: tuple[Any, ...] = wanted  # pyright: ignore[reportUnknownVariableType]
         return list(zip(given, values, strict=True)) if len(values) == len(given) else None
-    if (
-        isinstance(value, dict)
-        and value
-        and _is_slot(next(iter(cast("dict[str, Any]", value).values())))
-    ):
-        named = cast("dict[str, _Slot]", value)
-        if not isinstance(wanted, dict):  # **kwargs
-            return None
-        by_name = cast("dict[str, Any]", wanted)
-        if by_name.keys() != named.keys():
-            return None
-        return [(slot, by_name[key]) for key, slot in named.items()]
+    if isinstance(value, dict):
+        named = cast("dict[str, _Slot]", value)  # pragma: no mutate (for the type checkers)
+        if named and _is_slot(next(iter(named.values()))):  # **kwargs
+            if not isinstance(wanted, dict):
+                return None
+            by_name = cast("dict[str, Any]", wanted)  # pragma: no mutate (as above)
+            if by_name.keys() != named.keys():
+                return None
+            return [(slot, by_name[key]) for key, slot in named.items()]
     return [] if equal(wanted, value) else None
 
 

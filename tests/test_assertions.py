@@ -70,6 +70,28 @@ def test_arguments_match_after_binding_to_the_signature(
     pytest_bgtasks.assert_task_added(send_welcome_email, *args, **kwargs)
 
 
+def spread(first: int, *rest: int, flag: bool = False) -> None:
+    pass
+
+
+def options(first: int, **extra: int) -> None:
+    pass
+
+
+def test_star_args_and_star_kwargs_bind_across_call_shapes(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    BackgroundTask(spread, 1, 2, 3, flag=False)
+    BackgroundTask(options, 1, x=2)
+    bgtasks.assert_task_added(spread, 1, 2, 3)  # `flag` left at its default
+    bgtasks.assert_task_not_added(spread, 1, 2)
+    bgtasks.assert_task_not_added(spread, 1, 2, 4)
+    bgtasks.assert_task_added(options, first=1, x=2)
+    bgtasks.assert_task_not_added(options, first=1, x=3)
+    bgtasks.assert_task_not_added(options, first=1, y=2)
+    bgtasks.assert_task_not_added(options, first=1)
+
+
 def test_the_free_functions_pass_on_every_argument(bgtasks: BackgroundTaskCapture) -> None:
     bgtasks.fail(audit)
     signup((send_welcome_email, "a@b.com"))
