@@ -68,6 +68,21 @@ def make_tasks(app: Celery) -> Any:  # one small task each
         done.append(("notify_later", email))
         send_email.delay(email, subject="Later")
 
+    @app.task(shared=False, bind=True)
+    def request_seen(self: Any) -> None:
+        request = self.request
+        done.append(
+            (
+                "request_seen",
+                {
+                    "delivery_info": request.delivery_info,
+                    "reply_to": request.reply_to,
+                    "correlation id is id": request.correlation_id == request.id,
+                    "priority": (request.properties or {}).get("priority"),
+                },
+            )
+        )
+
     return SimpleNamespace(**{k: v for k, v in locals().items() if k != "app"}, app=app)
 
 

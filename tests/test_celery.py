@@ -299,6 +299,20 @@ def test_a_real_worker_runs_what_is_sent(
 
 
 @pytest.mark.slow  # a Redis-protocol server
+def test_a_task_run_here_sees_the_request_a_real_worker_gives_it(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    for mode in ("worker", "run"):
+        bgtasks.mode = mode
+        on_a_real_broker.request_seen.apply_async(priority=3)
+        bgtasks.wait(timeout=10)
+    in_the_worker, here = (seen for name, seen in done if name == "request_seen")
+    assert in_the_worker["delivery_info"]["priority"] == 3
+    assert in_the_worker["correlation id is id"]
+    assert here == in_the_worker
+
+
+@pytest.mark.slow  # a Redis-protocol server
 @pytest.mark.bgtasks(mode="worker")
 def test_the_worker_mode_publishes_a_held_task_when_run_deferred_runs_it(
     on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
