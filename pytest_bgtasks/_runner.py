@@ -147,13 +147,13 @@ class Runner:
                 raise rule.exception
             return
         fake = rule.fake if rule is not None and rule.action == "replace" else None
-        # Inside a request the app stands between the task and the test; a held task run by
-        # run_deferred() still carries its request's context, but runs outside the request.
-        in_request = not deferred and current_request.get() is not None
         token = running.set(record)
         try:
             problem = await record._source.execute(record, fake)
         except BaseException as exc:
+            # Inside a request the app stands between the task and the test; a held task run
+            # by run_deferred() still carries its request's context, but runs outside it.
+            in_request = not deferred and current_request.get() is not None
             _raised(record, exc, in_request, exc.__traceback__)
             raise
         finally:
