@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 from fastapi import BackgroundTasks, Depends, FastAPI
 
 NOWHERE = "redis://127.0.0.1:9/0"
@@ -82,6 +83,20 @@ def make_tasks(app: Celery) -> Any:  # one small task each
                 },
             )
         )
+
+    @app.task(shared=False)
+    def as_set(*values: int) -> set[int]:  # a result JSON cannot encode
+        done.append(("as_set", values))
+        return set(values)
+
+    @app.task(shared=False)
+    def rejects(reason: str) -> None:
+        done.append(("rejects", reason))
+        raise Reject(reason, requeue=False)
+
+    @app.task(shared=False, bind=True)
+    def hostname(self: Any) -> None:
+        done.append(("hostname", self.request.hostname))
 
     return SimpleNamespace(**{k: v for k, v in locals().items() if k != "app"}, app=app)
 

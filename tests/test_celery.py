@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import chain, chord, group
+from celery import Celery, chain, chord, group
+from celery.exceptions import NotRegistered, Reject
 from kombu.exceptions import EncodeError
 from starlette.testclient import TestClient
 
@@ -73,8 +74,13 @@ def test_every_kind_of_send_is_recorded_as_celery_sends_it(
     assert first.task_id is not None
     assert first.request is None
     assert first.added_at == apps.site("delay", __file__)
-    sent_with = {"countdown": 30, "queue": "mail", "priority": 3}
-    assert {name: options.options.get(name) for name in sent_with} == sent_with
+    assert first.options == {"serializer": "json"}  # what Celery set itself, not its plumbing
+    assert options.options == {
+        "countdown": 30,
+        "queue": "mail",
+        "priority": 3,
+        "serializer": "json",
+    }
     link = bgtasks.tasks[5]
     assert link.parent is bgtasks.tasks[4]
     assert link.added_at == bgtasks.tasks[4].added_at  # sent by Celery: the chain's line
@@ -124,6 +130,48 @@ def test_a_task_sent_by_a_task_runs_after_it(bgtasks: BackgroundTaskCapture) -> 
 
 
 # -- Celery's own execution path ---------------------------------------------------------------
+
+
+def test_a_task_called_directly_or_applied_runs_here_as_without_the_plugin(
+    bgtasks: BackgroundTaskCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert add(1, y=2) == 3
+    assert add.apply((2,), {"y": 3}).get() == 5  # Celery's eager run: traced, never sent
+    assert boom.apply(("x",)).state == "FAILURE"
+    assert bgtasks.tasks == []
+    assert done == [("add", 3), ("add", 5), ("boom", "x")]
+    # The plugin's signal receivers pass over the tasks it did not record.
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("celery.utils")] == []
+
+
+def test_a_fake_can_call_the_task_it_replaces(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.replace(add, lambda x, y: add(x, y) * 10)  # a direct call: the real body
+    chain(add.s(1, 2), send_email.s()).delay()
+    assert [record.call for record in bgtasks.tasks] == ["add(1, 2)", "send_email(30)"]
+    assert done == [("add", 3), ("send_email", 30)]
+
+
+def test_keyword_arguments_reach_the_body_and_the_fake(bgtasks: BackgroundTaskCapture) -> None:
+    add.delay(1, y=2)
+    bgtasks.replace(send_email, lambda email, subject: done.append(("fake", email, subject)))
+    send_email.delay("a@b.c", subject="Hi")
+    assert done == [("add", 3), ("fake", "a@b.c", "Hi")]
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # the failures are the point
+def test_a_result_celery_cannot_store_and_a_rejection_fail_the_task_with_their_error(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    chain(celery_apps.tasks.as_set.s(1, 2), send_email.s()).delay()
+    celery_apps.tasks.rejects.delay("no")
+    unstored, rejected = bgtasks.tasks  # the next link was never sent
+    assert done == [("as_set", (1, 2)), ("rejects", "no")]  # each body ran
+    assert (unstored.status, rejected.status) == (TaskStatus.FAILED, TaskStatus.FAILED)
+    assert isinstance(unstored.exception, EncodeError)
+    assert str(unstored.exception) == "Object of type set is not JSON serializable"
+    assert isinstance(rejected.exception, Reject)
+    assert not unstored.simulated
+    assert not rejected.simulated
 
 
 def test_a_bound_task_sees_its_request_as_in_a_worker(bgtasks: BackgroundTaskCapture) -> None:
@@ -198,6 +246,21 @@ def test_defer_holds_sends_until_run_deferred(bgtasks: BackgroundTaskCapture) ->
     assert {record.status for record in bgtasks.tasks} == {TaskStatus.RAN}
 
 
+def test_a_task_held_by_a_rule_runs_with_what_it_sends_when_run_deferred_runs_it(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.defer(notify_later)
+    notify_later.delay("x@b.c")
+    assert done == []
+    ran = bgtasks.run_deferred()
+    assert [record.call for record in ran] == ["notify_later('x@b.c')"]  # what it sent ran after it
+    assert done == [("notify_later", "x@b.c"), ("send_email", "x@b.c")]
+    assert statuses(bgtasks) == [
+        ("notify_later('x@b.c')", TaskStatus.RAN),
+        ("send_email('x@b.c', subject='Later')", TaskStatus.RAN),
+    ]
+
+
 @pytest.mark.bgtasks(mode="skip")
 def test_skip_records_and_never_runs(bgtasks: BackgroundTaskCapture) -> None:
     result = send_email.delay("a@b.c")
@@ -240,14 +303,20 @@ def test_an_argument_the_serializer_cannot_encode_raises_at_the_send(
 def test_a_name_no_app_registers_and_arguments_that_do_not_bind_are_reported(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
-    celery.send_task("celery_apps.nobody")
+    strict = Celery("strict", broker=celery_apps.NOWHERE, autofinalize=False)
+    celery.send_task("celery_apps.mail.nobody", ("a@b.c",))
     celery.send_task(send_email.name, ("a@b.c",), {"to": "x"})
     unknown, unbound = bgtasks.tasks
     assert unknown.status is unbound.status is TaskStatus.FAILED
+    assert (unknown.name, unknown.call) == ("celery_apps.mail.nobody", "nobody('a@b.c')")
     assert unknown.problem == (
-        "send_task('celery_apps.nobody'): no Celery app in this process registers a task of that "
-        "name; a worker would drop it"
+        "send_task('celery_apps.mail.nobody'): no Celery app in this process registers a task of "
+        "that name; a worker would drop it"
     )
+    with pytest.raises(LookupError) as called:
+        unknown.func("a@b.c")  # a record's func: there is none to call
+    assert str(called.value) == "no Celery app registers a task named 'celery_apps.mail.nobody'"
+    assert not strict.finalized  # looked in, but an app that finalizes when told is not told
     assert unbound.problem == (
         "the arguments do not fit celery_apps.send_email: got an unexpected keyword argument 'to'; "
         "the task would fail in the worker"
@@ -257,6 +326,30 @@ def test_a_name_no_app_registers_and_arguments_that_do_not_bind_are_reported(
     assert done == []
     manual.assert_listed(unknown.problem)
     manual.assert_listed(unbound.problem)
+
+
+def test_send_task_finds_a_task_of_an_app_not_yet_finalized(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    lazy = celery_apps.make_app("lazy", celery_apps.NOWHERE)
+    lazy.task(name="lazy.add", shared=False)(celery_apps.tasks.add.run)  # registered lazily
+    assert not lazy.finalized
+    lazy.send_task("lazy.add", (2, 3))
+    assert (bgtasks.tasks[0].call, bgtasks.tasks[0].status) == ("add(2, 3)", TaskStatus.RAN)
+    assert done == [("add", 5)]
+    assert lazy.finalized
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # the failure is the point
+def test_a_task_only_another_app_registers_fails_as_unknown_to_the_sending_app(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    other = celery_apps.make_app("other", celery_apps.NOWHERE)
+    other.task(name="other.add", shared=False)(celery_apps.tasks.add.run)
+    celery.send_task("other.add", (2, 3))
+    (unknown,) = bgtasks.tasks
+    assert (unknown.call, unknown.status, unknown.problem) == ("add(2, 3)", TaskStatus.FAILED, None)
+    assert isinstance(unknown.exception, NotRegistered)
 
 
 def test_arguments_that_do_not_bind_raise_at_delay_as_celery_checks_them(
