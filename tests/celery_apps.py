@@ -7,6 +7,7 @@ server, with the same tasks (`make_tasks`).
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -94,9 +95,9 @@ def make_tasks(app: Celery) -> Any:  # one small task each
         done.append(("rejects", reason))
         raise Reject(reason, requeue=False)
 
-    @app.task(shared=False, bind=True)
-    def hostname(self: Any) -> None:
-        done.append(("hostname", self.request.hostname))
+    @app.task(shared=False)
+    def thread() -> None:
+        done.append(("thread", threading.get_ident()))
 
     return SimpleNamespace(**{k: v for k, v in locals().items() if k != "app"}, app=app)
 

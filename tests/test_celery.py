@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -424,6 +427,42 @@ def test_the_worker_mode_publishes_a_held_task_when_run_deferred_runs_it(
     assert record.options["countdown"] == 60  # kept in the record; the worker runs it now
     assert held.get(timeout=10) == "held@b.c"
     assert done == [("send_email", "held@b.c")]
+
+
+@pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker")
+def test_in_the_worker_mode_every_task_runs_at_once_on_the_in_process_worker(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    tasks = on_a_real_broker
+    tasks.thread.apply_async(eta=datetime.now(timezone.utc) + timedelta(minutes=1))
+    bgtasks.wait(timeout=10)  # the eta is kept in the record, not waited for
+    bgtasks.defer(tasks.thread)
+    tasks.thread.delay()
+    bgtasks.run_deferred()
+    bgtasks.wait(timeout=10)
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN, TaskStatus.RAN]
+    sent, held = (ident for name, ident in done if name == "thread")
+    assert sent == held != threading.get_ident()  # the worker's thread, not the test's
+    (node,) = (name for reply in tasks.app.control.ping(timeout=0.5) for name in reply)
+    assert re.fullmatch(r"bgtasks-[0-9a-f]{8}@localhost", node)  # its own name, not the host's
+
+
+@pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker", allow_failures=True)  # the test checks the refusal itself
+def test_in_the_worker_mode_a_send_refused_at_the_send_is_never_published(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    tasks = on_a_real_broker
+    tasks.app.send_task("celery_apps.mail.nobody")
+    tasks.send_email.delay("a@b.c")  # the worker takes messages in order: this one comes after
+    bgtasks.wait(timeout=10)
+    refused, sent = bgtasks.tasks
+    assert refused.problem == (
+        "send_task('celery_apps.mail.nobody'): no Celery app in this process registers a task of "
+        "that name; a worker would drop it"
+    )
+    assert (refused.status, sent.status) == (TaskStatus.FAILED, TaskStatus.RAN)
 
 
 @pytest.mark.slow  # a Redis-protocol server
