@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery, chain, chord, group
 from celery.exceptions import NotRegistered, Reject
-from kombu.exceptions import EncodeError
+from kombu.exceptions import EncodeError, OperationalError
 from starlette.testclient import TestClient
 
 import apps
@@ -463,6 +463,24 @@ def test_in_the_worker_mode_a_send_refused_at_the_send_is_never_published(
         "that name; a worker would drop it"
     )
     assert (refused.status, sent.status) == (TaskStatus.FAILED, TaskStatus.RAN)
+
+
+@pytest.mark.slow  # waits for a worker that cannot start
+@pytest.mark.bgtasks(mode="worker")
+def test_a_worker_whose_broker_is_down_is_reported_at_the_send(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = Celery("down", broker=celery_apps.NOWHERE)  # no result store: only the worker fails
+    app.conf.broker_connection_retry_on_startup = False
+    tasks = celery_apps.make_tasks(app)
+    with pytest.raises(OperationalError) as raised:  # kombu's, for the TimeoutError raised
+        tasks.send_email.delay("a@b.c")
+    assert str(raised.value) == (
+        "The Celery worker of 'down' did not become ready: is its broker "
+        "(redis://127.0.0.1:9/0) running? In tests, point the app's broker at the "
+        "bgtasks_redis_url fixture."
+    )
+    manual.assert_listed(str(raised.value))
 
 
 @pytest.mark.slow  # a Redis-protocol server
