@@ -81,6 +81,7 @@ def make_tasks(app: Celery) -> Any:  # one small task each
                     "reply_to": request.reply_to,
                     "correlation id is id": request.correlation_id == request.id,
                     "priority": (request.properties or {}).get("priority"),
+                    "task": request.task,
                 },
             )
         )

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery, chain, chord, group
 from celery.exceptions import NotRegistered, Reject
 from kombu.exceptions import EncodeError, OperationalError
@@ -175,6 +176,28 @@ def test_a_result_celery_cannot_store_and_a_rejection_fail_the_task_with_their_e
     assert isinstance(rejected.exception, Reject)
     assert not unstored.simulated
     assert not rejected.simulated
+
+
+def test_an_app_that_stores_no_results_stores_none_in_the_test_either(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    disabled = Celery("disabled", broker=celery_apps.NOWHERE, backend="disabled")
+    empty = Celery("empty", broker=celery_apps.NOWHERE)
+    empty.conf.result_backend = ""
+    for app in (disabled, empty):
+        result = celery_apps.make_tasks(app).add.delay(1, 2)
+        with pytest.raises(NotImplementedError, match=r"^No result backend is configured\.\n"):
+            result.get(timeout=1)
+    assert done == [("add", 3), ("add", 3)]
+
+
+def test_a_send_given_its_own_connection_is_recorded_and_nothing_connects(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    with celery.connection_for_write() as connection:  # to nowhere: connecting would fail
+        result = send_email.apply_async(("a@b.c",), connection=connection)
+    bgtasks.assert_task_ran(send_email, "a@b.c")
+    assert result.get(timeout=1) == "a@b.c"
 
 
 def test_a_bound_task_sees_its_request_as_in_a_worker(bgtasks: BackgroundTaskCapture) -> None:
@@ -384,6 +407,9 @@ def test_a_real_worker_runs_what_is_sent(
     tasks.send_email.delay("down@b.c")
     records = bgtasks.wait(timeout=10)
     assert result.get(timeout=10) == "a@b.c"
+    store = redis.Redis.from_url(tasks.app.conf.result_backend)  # the real one, as in production
+    assert store.get(f"celery-task-meta-{result.id}") is not None
+    store.close()
     assert [(record.status, record.retries) for record in records] == [
         (TaskStatus.RAN, 0),
         (TaskStatus.RAN, 2),
