@@ -287,6 +287,17 @@ def test_a_task_held_by_a_rule_runs_with_what_it_sends_when_run_deferred_runs_it
     ]
 
 
+def test_a_chain_s_next_link_is_shown_at_the_chain_s_line_when_run_deferred_ran_the_first(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.defer(add)
+    chain(add.s(1, 2), send_email.s()).delay()  # site:held-chain
+    bgtasks.run_deferred()
+    first, link = bgtasks.tasks
+    assert (link.call, link.status) == ("send_email(3)", TaskStatus.RAN)
+    assert link.added_at == first.added_at == apps.site("held-chain", __file__)
+
+
 @pytest.mark.bgtasks(mode="skip")
 def test_skip_records_and_never_runs(bgtasks: BackgroundTaskCapture) -> None:
     result = send_email.delay("a@b.c")
