@@ -41,6 +41,7 @@ def recording_class(producer_class: Any) -> Any:  # pragma: no mutate block
             self._sink = sink
 
         def publish(self, body: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True  # an EncodeError shows from the send to kombu's code
             kwargs["retry"] = False  # a retry policy would go through the connection
             published: Any = producer_class.publish(self, body, **kwargs)
             return published
@@ -124,6 +125,7 @@ class Publishing:
         return getattr(self._real, name)
 
     def publish(self, body: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         recording = self._source.Recording(self._sink)
         recording.serializer = self._real.serializer
         recording.publish(body, **dict(kwargs))
