@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -542,36 +543,65 @@ def test_wait_gives_up_and_names_what_is_still_running(pytester: pytest.Pytester
         import pytest
         from celery import Celery
 
-        started, release = threading.Event(), threading.Event()
-
 
         @pytest.fixture
-        def app(bgtasks_redis_url):
+        def slow(bgtasks_redis_url):
             app = Celery("slow", broker=bgtasks_redis_url, backend=bgtasks_redis_url)
             app.conf.broker_connection_retry_on_startup = True
+            started, release = threading.Event(), threading.Event()
 
             @app.task(shared=False)
             def slow():
                 started.set()
                 release.wait(10)
 
-            return app, slow
+            slow.delay()  # site:slow
+            assert started.wait(10)
+            # Left running at teardown: the worker then stops.
+            threading.Timer(0.5, release.set).start()
+            return slow
+
+
+        @pytest.mark.bgtasks(mode="worker")
+        def test_gives_up(bgtasks, slow):
+            bgtasks.wait(timeout=0.2)
 
 
         @pytest.mark.bgtasks(mode="worker", assert_all_run=True)
-        def test_slow(app, bgtasks):
-            _, slow = app
-            slow.delay()
-            assert started.wait(10)
-            with pytest.raises(TimeoutError, match="still running"):
+        def test_left_running(bgtasks, slow):
+            with pytest.raises(TimeoutError):
                 bgtasks.wait(timeout=0.2)
-            # Left running at teardown: assert_all_run reports it (the worker then stops).
-            threading.Timer(0.3, release.set).start()
+
+
+        def test_unencodable(bgtasks):
+            from celery_apps import send_email
+
+            send_email.delay(object())
+
+
+        def test_called_directly(bgtasks):
+            from celery_apps import boom
+
+            boom("x")
         """
     )
+    pytester.syspathinsert(Path(__file__).parent)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*1 background task was still running when the test ended:*"])
+    result.assert_outcomes(passed=1, failed=3, errors=1)
+    site = "test_wait_gives_up_and_names_what_is_still_running.py:18"
+    lines = result.stdout.lines
+    gave_up = lines.index(
+        "E       TimeoutError: bgtasks.wait() gave up after 0.2 seconds: 1 background task was "
+        "still running:"
+    )
+    assert lines[gave_up + 1] == f"E       - slow() [pending]  ({site})"
+    unfinished = lines.index("1 background task was still running when the test ended:")
+    assert lines[unfinished + 1 : unfinished + 3] == [
+        f"- slow() [pending]  ({site})",
+        "Wait for it with bgtasks.wait(), or drop assert_all_run=True.",
+    ]
+    # The plugin's frames are hidden: each traceback goes from the test to Celery's code.
+    assert "pytest_bgtasks" not in result.stdout.str()
 
 
 # -- laziness --------------------------------------------------------------------------------
