@@ -583,11 +583,17 @@ def test_wait_gives_up_and_names_what_is_still_running(pytester: pytest.Pytester
             from celery_apps import boom
 
             boom("x")
+
+
+        def test_applied(bgtasks):
+            from celery_apps import boom
+
+            boom.apply(("x",), throw=True)
         """
     )
     pytester.syspathinsert(Path(__file__).parent)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=3, errors=1)
+    result.assert_outcomes(passed=1, failed=4, errors=1)
     site = "test_wait_gives_up_and_names_what_is_still_running.py:18"
     lines = result.stdout.lines
     gave_up = lines.index(
@@ -600,7 +606,8 @@ def test_wait_gives_up_and_names_what_is_still_running(pytester: pytest.Pytester
         f"- slow() [pending]  ({site})",
         "Wait for it with bgtasks.wait(), or drop assert_all_run=True.",
     ]
-    # The plugin's frames are hidden: each traceback goes from the test to Celery's code.
+    # The plugin's frames are hidden: each traceback goes from the test to Celery's code (and
+    # on to the task's, for a direct call, or one applied).
     assert "pytest_bgtasks" not in result.stdout.str()
 
 
