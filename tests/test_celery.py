@@ -401,6 +401,21 @@ def test_arguments_that_do_not_bind_raise_at_delay_as_celery_checks_them(
 # -- the worker mode ---------------------------------------------------------------------------
 
 
+def test_wait_returns_at_once_when_nothing_runs_and_checks_its_timeout(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    send_email.delay("a@b.c")  # run here: done before wait() is called
+    started = time.monotonic()
+    assert bgtasks.wait(timeout=20) == bgtasks.tasks
+    assert time.monotonic() - started < 10  # not at the timeout
+    for timeout, error in ((0, ValueError), ("1", TypeError)):
+        with pytest.raises(error) as raised:
+            bgtasks.wait(timeout=timeout)
+        assert str(raised.value) == (
+            f"bgtasks.wait() expects timeout= to be a number of seconds > 0, got {timeout!r}."
+        )
+
+
 @pytest.fixture(scope="session")
 def on_a_real_broker(bgtasks_redis_url: str) -> Any:
     """The tasks, on an app of their own on the session's server."""
