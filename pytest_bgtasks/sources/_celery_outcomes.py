@@ -36,7 +36,6 @@ class Outcomes:
 
     def _receivers(self, signals: Any) -> list[tuple[Any, Any]]:
         return [
-            (signals.task_prerun, self._prerun),
             (signals.task_postrun, self._postrun),
             (signals.task_failure, self._failure),
             (signals.task_unknown, self._unknown),
@@ -45,11 +44,6 @@ class Outcomes:
     def forget(self) -> None:
         self.records.clear()
         self.raised.clear()
-
-    def _prerun(self, task_id: str | None = None, **_: Any) -> None:
-        record = self.records.get(task_id or "")
-        if record is not None and record.waiting:
-            record.start()
 
     def _postrun(self, task_id: str | None = None, state: str | None = None, **_: Any) -> None:
         record = self.records.get(task_id or "")
