@@ -126,9 +126,8 @@ class Publishing:
 
     def publish(self, body: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        recording = self._source.Recording(self._sink)
-        recording.serializer = self._real.serializer
-        recording.publish(body, **dict(kwargs))
+        # Celery always names the serializer: the recording producer needs none of its own.
+        self._source.Recording(self._sink).publish(body, **dict(kwargs))
         if self._kept:
             record = self._kept[0]
             if not record.retries:
