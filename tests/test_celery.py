@@ -537,6 +537,25 @@ def test_a_worker_whose_broker_is_down_is_reported_at_the_send(
 
 
 @pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker", allow_failures=True)  # the test checks the refusal itself
+def test_in_the_worker_mode_a_task_only_another_app_registers_is_refused_when_the_worker_drops_it(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    tasks = on_a_real_broker
+    other = celery_apps.make_app("other-worker", celery_apps.NOWHERE)
+    other.task(name="other.add", shared=False)(celery_apps.tasks.add.run)
+    tasks.app.send_task("other.add", (2, 3))
+    tasks.send_email.delay("a@b.c")  # the worker takes messages in order: this one comes after
+    bgtasks.wait(timeout=10)
+    unknown, sent = bgtasks.tasks
+    assert (unknown.status, sent.status) == (TaskStatus.FAILED, TaskStatus.RAN)
+    assert unknown.problem == (
+        "the worker does not know a task named 'other.add': it dropped the message"
+    )
+    assert done == [("send_email", "a@b.c")]
+
+
+@pytest.mark.slow  # a Redis-protocol server
 @pytest.mark.parametrize("mode", ["run", "worker"])
 def test_the_same_test_in_the_run_and_the_worker_mode(
     on_a_real_broker: Any, bgtasks: BackgroundTaskCapture, mode: Any
