@@ -91,6 +91,13 @@ def make_tasks(app: Celery) -> Any:  # one small task each
         done.append(("as_set", values))
         return set(values)
 
+    @app.task(shared=False, bind=True, max_retries=1)
+    def retried_as_set(self: Any) -> set[int]:  # retried once, then a result JSON cannot encode
+        done.append(("retried_as_set", self.request.retries))
+        if not self.request.retries:
+            raise self.retry(countdown=60)
+        return {1}
+
     @app.task(shared=False)
     def rejects(reason: str) -> None:
         done.append(("rejects", reason))

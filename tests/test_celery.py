@@ -201,6 +201,17 @@ def test_a_send_given_its_own_connection_is_recorded_and_nothing_connects(
     assert result.get(timeout=1) == "a@b.c"
 
 
+@pytest.mark.bgtasks(allow_failures=True)  # the failure is the point
+def test_a_task_that_was_retried_fails_with_the_error_of_its_last_run(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    celery_apps.tasks.retried_as_set.delay()
+    (record,) = bgtasks.tasks
+    assert done == [("retried_as_set", 0), ("retried_as_set", 1)]
+    assert (record.status, record.retries) == (TaskStatus.FAILED, 1)
+    assert isinstance(record.exception, EncodeError)  # not the first run's Retry
+
+
 def test_a_bound_task_sees_its_request_as_in_a_worker(bgtasks: BackgroundTaskCapture) -> None:
     result = whoami.delay()
     (record,) = bgtasks.tasks
