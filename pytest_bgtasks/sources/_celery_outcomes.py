@@ -52,7 +52,6 @@ class Outcomes:
             return  # a retry (sent again already), or not ours
         with self.changed:
             if outcome == "ran":
-                self.raised.pop(task_id or "", None)
                 record.ran()
             else:
                 self._failed(record, task_id or "", None)
