@@ -265,6 +265,42 @@ def test_replace_runs_the_fake_in_the_body_and_passes_its_result_on(
     assert ("add", 7) not in done
 
 
+def test_an_app_that_runs_its_tasks_eagerly_is_captured_and_set_back_after(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        from celery import Celery
+
+        app = Celery("eager", broker="redis://127.0.0.1:9/0")
+        app.conf.task_always_eager = True
+        plain = Celery("plain", broker="redis://127.0.0.1:9/0")
+
+
+        @app.task(shared=False)
+        def add(x, y):
+            return x + y
+
+
+        def test_captured(bgtasks):
+            add.delay(1, 2)  # sent (to nowhere), so recorded, and run here
+            bgtasks.assert_task_ran(add, 1, 2)
+            assert app.conf.task_always_eager is False
+            assert plain.conf.task_always_eager is False
+
+
+        def test_after():
+            assert app.conf.task_always_eager is True
+            assert plain.conf.task_always_eager is False
+
+
+        test_captured_again = test_captured
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+
+
 # -- modes -------------------------------------------------------------------------------------
 
 
