@@ -7,10 +7,12 @@ server, with the same tasks (`make_tasks`).
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 from fastapi import BackgroundTasks, Depends, FastAPI
 
 NOWHERE = "redis://127.0.0.1:9/0"
@@ -79,9 +81,31 @@ def make_tasks(app: Celery) -> Any:  # one small task each
                     "reply_to": request.reply_to,
                     "correlation id is id": request.correlation_id == request.id,
                     "priority": (request.properties or {}).get("priority"),
+                    "task": request.task,
                 },
             )
         )
+
+    @app.task(shared=False)
+    def as_set(*values: int) -> set[int]:  # a result JSON cannot encode
+        done.append(("as_set", values))
+        return set(values)
+
+    @app.task(shared=False, bind=True, max_retries=1)
+    def retried_as_set(self: Any) -> set[int]:  # retried once, then a result JSON cannot encode
+        done.append(("retried_as_set", self.request.retries))
+        if not self.request.retries:
+            raise self.retry(countdown=60)
+        return {1}
+
+    @app.task(shared=False)
+    def rejects(reason: str) -> None:
+        done.append(("rejects", reason))
+        raise Reject(reason, requeue=False)
+
+    @app.task(shared=False)
+    def thread() -> None:
+        done.append(("thread", threading.get_ident()))
 
     return SimpleNamespace(**{k: v for k, v in locals().items() if k != "app"}, app=app)
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import chain, chord, group
-from kombu.exceptions import EncodeError
+import redis
+from celery import Celery, chain, chord, group
+from celery.exceptions import NotRegistered, Reject
+from kombu.exceptions import EncodeError, OperationalError
 from starlette.testclient import TestClient
 
 import apps
@@ -73,8 +79,13 @@ def test_every_kind_of_send_is_recorded_as_celery_sends_it(
     assert first.task_id is not None
     assert first.request is None
     assert first.added_at == apps.site("delay", __file__)
-    sent_with = {"countdown": 30, "queue": "mail", "priority": 3}
-    assert {name: options.options.get(name) for name in sent_with} == sent_with
+    assert first.options == {"serializer": "json"}  # what Celery set itself, not its plumbing
+    assert options.options == {
+        "countdown": 30,
+        "queue": "mail",
+        "priority": 3,
+        "serializer": "json",
+    }
     link = bgtasks.tasks[5]
     assert link.parent is bgtasks.tasks[4]
     assert link.added_at == bgtasks.tasks[4].added_at  # sent by Celery: the chain's line
@@ -124,6 +135,81 @@ def test_a_task_sent_by_a_task_runs_after_it(bgtasks: BackgroundTaskCapture) -> 
 
 
 # -- Celery's own execution path ---------------------------------------------------------------
+
+
+def test_a_task_called_directly_or_applied_runs_here_as_without_the_plugin(
+    bgtasks: BackgroundTaskCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert add(1, y=2) == 3
+    assert add.apply((2,), {"y": 3}).get() == 5  # Celery's eager run: traced, never sent
+    assert boom.apply(("x",)).state == "FAILURE"
+    assert bgtasks.tasks == []
+    assert done == [("add", 3), ("add", 5), ("boom", "x")]
+    # The plugin's signal receivers pass over the tasks it did not record.
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("celery.utils")] == []
+
+
+def test_a_fake_can_call_the_task_it_replaces(bgtasks: BackgroundTaskCapture) -> None:
+    bgtasks.replace(add, lambda x, y: add(x, y) * 10)  # a direct call: the real body
+    chain(add.s(1, 2), send_email.s()).delay()
+    assert [record.call for record in bgtasks.tasks] == ["add(1, 2)", "send_email(30)"]
+    assert done == [("add", 3), ("send_email", 30)]
+
+
+def test_keyword_arguments_reach_the_body_and_the_fake(bgtasks: BackgroundTaskCapture) -> None:
+    add.delay(1, y=2)
+    bgtasks.replace(send_email, lambda email, subject: done.append(("fake", email, subject)))
+    send_email.delay("a@b.c", subject="Hi")
+    assert done == [("add", 3), ("fake", "a@b.c", "Hi")]
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # the failures are the point
+def test_a_result_celery_cannot_store_and_a_rejection_fail_the_task_with_their_error(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    chain(celery_apps.tasks.as_set.s(1, 2), send_email.s()).delay()
+    celery_apps.tasks.rejects.delay("no")
+    unstored, rejected = bgtasks.tasks  # the next link was never sent
+    assert done == [("as_set", (1, 2)), ("rejects", "no")]  # each body ran
+    assert (unstored.status, rejected.status) == (TaskStatus.FAILED, TaskStatus.FAILED)
+    assert isinstance(unstored.exception, EncodeError)
+    assert str(unstored.exception) == "Object of type set is not JSON serializable"
+    assert isinstance(rejected.exception, Reject)
+    assert not unstored.simulated
+    assert not rejected.simulated
+
+
+def test_an_app_that_stores_no_results_stores_none_in_the_test_either(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    disabled = Celery("disabled", broker=celery_apps.NOWHERE, backend="disabled")
+    empty = Celery("empty", broker=celery_apps.NOWHERE)
+    empty.conf.result_backend = ""
+    for app in (disabled, empty):
+        result = celery_apps.make_tasks(app).add.delay(1, 2)
+        with pytest.raises(NotImplementedError, match=r"^No result backend is configured\.\n"):
+            result.get(timeout=1)
+    assert done == [("add", 3), ("add", 3)]
+
+
+def test_a_send_given_its_own_connection_is_recorded_and_nothing_connects(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    with celery.connection_for_write() as connection:  # to nowhere: connecting would fail
+        result = send_email.apply_async(("a@b.c",), connection=connection)
+    bgtasks.assert_task_ran(send_email, "a@b.c")
+    assert result.get(timeout=1) == "a@b.c"
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # the failure is the point
+def test_a_task_that_was_retried_fails_with_the_error_of_its_last_run(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    celery_apps.tasks.retried_as_set.delay()
+    (record,) = bgtasks.tasks
+    assert done == [("retried_as_set", 0), ("retried_as_set", 1)]
+    assert (record.status, record.retries) == (TaskStatus.FAILED, 1)
+    assert isinstance(record.exception, EncodeError)  # not the first run's Retry
 
 
 def test_a_bound_task_sees_its_request_as_in_a_worker(bgtasks: BackgroundTaskCapture) -> None:
@@ -179,6 +265,42 @@ def test_replace_runs_the_fake_in_the_body_and_passes_its_result_on(
     assert ("add", 7) not in done
 
 
+def test_an_app_that_runs_its_tasks_eagerly_is_captured_and_set_back_after(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        from celery import Celery
+
+        app = Celery("eager", broker="redis://127.0.0.1:9/0")
+        app.conf.task_always_eager = True
+        plain = Celery("plain", broker="redis://127.0.0.1:9/0")
+
+
+        @app.task(shared=False)
+        def add(x, y):
+            return x + y
+
+
+        def test_captured(bgtasks):
+            add.delay(1, 2)  # sent (to nowhere), so recorded, and run here
+            bgtasks.assert_task_ran(add, 1, 2)
+            assert app.conf.task_always_eager is False
+            assert plain.conf.task_always_eager is False
+
+
+        def test_after():
+            assert app.conf.task_always_eager is True
+            assert plain.conf.task_always_eager is False
+
+
+        test_captured_again = test_captured
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+
+
 # -- modes -------------------------------------------------------------------------------------
 
 
@@ -196,6 +318,32 @@ def test_defer_holds_sends_until_run_deferred(bgtasks: BackgroundTaskCapture) ->
     assert done == [("send_email", "dependency@b.c"), ("send_email", "a@b.c")]
     bgtasks.run_deferred()
     assert {record.status for record in bgtasks.tasks} == {TaskStatus.RAN}
+
+
+def test_a_task_held_by_a_rule_runs_with_what_it_sends_when_run_deferred_runs_it(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.defer(notify_later)
+    notify_later.delay("x@b.c")
+    assert done == []
+    ran = bgtasks.run_deferred()
+    assert [record.call for record in ran] == ["notify_later('x@b.c')"]  # what it sent ran after it
+    assert done == [("notify_later", "x@b.c"), ("send_email", "x@b.c")]
+    assert statuses(bgtasks) == [
+        ("notify_later('x@b.c')", TaskStatus.RAN),
+        ("send_email('x@b.c', subject='Later')", TaskStatus.RAN),
+    ]
+
+
+def test_a_chain_s_next_link_is_shown_at_the_chain_s_line_when_run_deferred_ran_the_first(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.defer(add)
+    chain(add.s(1, 2), send_email.s()).delay()  # site:held-chain
+    bgtasks.run_deferred()
+    first, link = bgtasks.tasks
+    assert (link.call, link.status) == ("send_email(3)", TaskStatus.RAN)
+    assert link.added_at == first.added_at == apps.site("held-chain", __file__)
 
 
 @pytest.mark.bgtasks(mode="skip")
@@ -240,14 +388,20 @@ def test_an_argument_the_serializer_cannot_encode_raises_at_the_send(
 def test_a_name_no_app_registers_and_arguments_that_do_not_bind_are_reported(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
-    celery.send_task("celery_apps.nobody")
+    strict = Celery("strict", broker=celery_apps.NOWHERE, autofinalize=False)
+    celery.send_task("celery_apps.mail.nobody", ("a@b.c",))
     celery.send_task(send_email.name, ("a@b.c",), {"to": "x"})
     unknown, unbound = bgtasks.tasks
     assert unknown.status is unbound.status is TaskStatus.FAILED
+    assert (unknown.name, unknown.call) == ("celery_apps.mail.nobody", "nobody('a@b.c')")
     assert unknown.problem == (
-        "send_task('celery_apps.nobody'): no Celery app in this process registers a task of that "
-        "name; a worker would drop it"
+        "send_task('celery_apps.mail.nobody'): no Celery app in this process registers a task of "
+        "that name; a worker would drop it"
     )
+    with pytest.raises(LookupError) as called:
+        unknown.func("a@b.c")  # a record's func: there is none to call
+    assert str(called.value) == "no Celery app registers a task named 'celery_apps.mail.nobody'"
+    assert not strict.finalized  # looked in, but an app that finalizes when told is not told
     assert unbound.problem == (
         "the arguments do not fit celery_apps.send_email: got an unexpected keyword argument 'to'; "
         "the task would fail in the worker"
@@ -259,6 +413,30 @@ def test_a_name_no_app_registers_and_arguments_that_do_not_bind_are_reported(
     manual.assert_listed(unbound.problem)
 
 
+def test_send_task_finds_a_task_of_an_app_not_yet_finalized(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    lazy = celery_apps.make_app("lazy", celery_apps.NOWHERE)
+    lazy.task(name="lazy.add", shared=False)(celery_apps.tasks.add.run)  # registered lazily
+    assert not lazy.finalized
+    lazy.send_task("lazy.add", (2, 3))
+    assert (bgtasks.tasks[0].call, bgtasks.tasks[0].status) == ("add(2, 3)", TaskStatus.RAN)
+    assert done == [("add", 5)]
+    assert lazy.finalized
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # the failure is the point
+def test_a_task_only_another_app_registers_fails_as_unknown_to_the_sending_app(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    other = celery_apps.make_app("other", celery_apps.NOWHERE)
+    other.task(name="other.add", shared=False)(celery_apps.tasks.add.run)
+    celery.send_task("other.add", (2, 3))
+    (unknown,) = bgtasks.tasks
+    assert (unknown.call, unknown.status, unknown.problem) == ("add(2, 3)", TaskStatus.FAILED, None)
+    assert isinstance(unknown.exception, NotRegistered)
+
+
 def test_arguments_that_do_not_bind_raise_at_delay_as_celery_checks_them(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
@@ -268,6 +446,21 @@ def test_arguments_that_do_not_bind_raise_at_delay_as_celery_checks_them(
 
 
 # -- the worker mode ---------------------------------------------------------------------------
+
+
+def test_wait_returns_at_once_when_nothing_runs_and_checks_its_timeout(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    send_email.delay("a@b.c")  # run here: done before wait() is called
+    started = time.monotonic()
+    assert bgtasks.wait(timeout=20) == bgtasks.tasks
+    assert time.monotonic() - started < 10  # not at the timeout
+    for timeout, error in ((0, ValueError), ("1", TypeError)):
+        with pytest.raises(error) as raised:
+            bgtasks.wait(timeout=timeout)
+        assert str(raised.value) == (
+            f"bgtasks.wait() expects timeout= to be a number of seconds > 0, got {timeout!r}."
+        )
 
 
 @pytest.fixture(scope="session")
@@ -288,6 +481,9 @@ def test_a_real_worker_runs_what_is_sent(
     tasks.send_email.delay("down@b.c")
     records = bgtasks.wait(timeout=10)
     assert result.get(timeout=10) == "a@b.c"
+    store = redis.Redis.from_url(tasks.app.conf.result_backend)  # the real one, as in production
+    assert store.get(f"celery-task-meta-{result.id}") is not None
+    store.close()
     assert [(record.status, record.retries) for record in records] == [
         (TaskStatus.RAN, 0),
         (TaskStatus.RAN, 2),
@@ -334,6 +530,79 @@ def test_the_worker_mode_publishes_a_held_task_when_run_deferred_runs_it(
 
 
 @pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker")
+def test_in_the_worker_mode_every_task_runs_at_once_on_the_in_process_worker(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    tasks = on_a_real_broker
+    tasks.thread.apply_async(eta=datetime.now(timezone.utc) + timedelta(minutes=1))
+    bgtasks.wait(timeout=10)  # the eta is kept in the record, not waited for
+    bgtasks.defer(tasks.thread)
+    held = tasks.thread.delay()
+    bgtasks.run_deferred()
+    held.get(timeout=10)  # (wait() does not: run_deferred() marks it ran once published)
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN, TaskStatus.RAN]
+    sent, held = (ident for name, ident in done if name == "thread")
+    assert sent == held != threading.get_ident()  # the worker's thread, not the test's
+    (node,) = (name for reply in tasks.app.control.ping(timeout=0.5) for name in reply)
+    assert re.fullmatch(r"bgtasks-[0-9a-f]{8}@localhost", node)  # its own name, not the host's
+
+
+@pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker", allow_failures=True)  # the test checks the refusal itself
+def test_in_the_worker_mode_a_send_refused_at_the_send_is_never_published(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    tasks = on_a_real_broker
+    tasks.app.send_task("celery_apps.mail.nobody")
+    tasks.send_email.delay("a@b.c")  # the worker takes messages in order: this one comes after
+    bgtasks.wait(timeout=10)
+    refused, sent = bgtasks.tasks
+    assert refused.problem == (
+        "send_task('celery_apps.mail.nobody'): no Celery app in this process registers a task of "
+        "that name; a worker would drop it"
+    )
+    assert (refused.status, sent.status) == (TaskStatus.FAILED, TaskStatus.RAN)
+
+
+@pytest.mark.slow  # waits for a worker that cannot start
+@pytest.mark.bgtasks(mode="worker")
+def test_a_worker_whose_broker_is_down_is_reported_at_the_send(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = Celery("down", broker=celery_apps.NOWHERE)  # no result store: only the worker fails
+    app.conf.broker_connection_retry_on_startup = False
+    tasks = celery_apps.make_tasks(app)
+    with pytest.raises(OperationalError) as raised:  # kombu's, for the TimeoutError raised
+        tasks.send_email.delay("a@b.c")
+    assert str(raised.value) == (
+        "The Celery worker of 'down' did not become ready: is its broker "
+        "(redis://127.0.0.1:9/0) running? In tests, point the app's broker at the "
+        "bgtasks_redis_url fixture."
+    )
+    manual.assert_listed(str(raised.value))
+
+
+@pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker", allow_failures=True)  # the test checks the refusal itself
+def test_in_the_worker_mode_a_task_only_another_app_registers_is_refused_when_the_worker_drops_it(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    tasks = on_a_real_broker
+    other = celery_apps.make_app("other-worker", celery_apps.NOWHERE)
+    other.task(name="other.add", shared=False)(celery_apps.tasks.add.run)
+    tasks.app.send_task("other.add", (2, 3))
+    tasks.send_email.delay("a@b.c")  # the worker takes messages in order: this one comes after
+    bgtasks.wait(timeout=10)
+    unknown, sent = bgtasks.tasks
+    assert (unknown.status, sent.status) == (TaskStatus.FAILED, TaskStatus.RAN)
+    assert unknown.problem == (
+        "the worker does not know a task named 'other.add': it dropped the message"
+    )
+    assert done == [("send_email", "a@b.c")]
+
+
+@pytest.mark.slow  # a Redis-protocol server
 @pytest.mark.parametrize("mode", ["run", "worker"])
 def test_the_same_test_in_the_run_and_the_worker_mode(
     on_a_real_broker: Any, bgtasks: BackgroundTaskCapture, mode: Any
@@ -355,36 +624,72 @@ def test_wait_gives_up_and_names_what_is_still_running(pytester: pytest.Pytester
         import pytest
         from celery import Celery
 
-        started, release = threading.Event(), threading.Event()
-
 
         @pytest.fixture
-        def app(bgtasks_redis_url):
+        def slow(bgtasks_redis_url):
             app = Celery("slow", broker=bgtasks_redis_url, backend=bgtasks_redis_url)
             app.conf.broker_connection_retry_on_startup = True
+            started, release = threading.Event(), threading.Event()
 
             @app.task(shared=False)
             def slow():
                 started.set()
                 release.wait(10)
 
-            return app, slow
+            slow.delay()  # site:slow
+            assert started.wait(10)
+            # Left running at teardown: the worker then stops.
+            threading.Timer(0.5, release.set).start()
+            return slow
+
+
+        @pytest.mark.bgtasks(mode="worker")
+        def test_gives_up(bgtasks, slow):
+            bgtasks.wait(timeout=0.2)
 
 
         @pytest.mark.bgtasks(mode="worker", assert_all_run=True)
-        def test_slow(app, bgtasks):
-            _, slow = app
-            slow.delay()
-            assert started.wait(10)
-            with pytest.raises(TimeoutError, match="still running"):
+        def test_left_running(bgtasks, slow):
+            with pytest.raises(TimeoutError):
                 bgtasks.wait(timeout=0.2)
-            # Left running at teardown: assert_all_run reports it (the worker then stops).
-            threading.Timer(0.3, release.set).start()
+
+
+        def test_unencodable(bgtasks):
+            from celery_apps import send_email
+
+            send_email.delay(object())
+
+
+        def test_called_directly(bgtasks):
+            from celery_apps import boom
+
+            boom("x")
+
+
+        def test_applied(bgtasks):
+            from celery_apps import boom
+
+            boom.apply(("x",), throw=True)
         """
     )
+    pytester.syspathinsert(Path(__file__).parent)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*1 background task was still running when the test ended:*"])
+    result.assert_outcomes(passed=1, failed=4, errors=1)
+    site = "test_wait_gives_up_and_names_what_is_still_running.py:18"
+    lines = result.stdout.lines
+    gave_up = lines.index(
+        "E       TimeoutError: bgtasks.wait() gave up after 0.2 seconds: 1 background task was "
+        "still running:"
+    )
+    assert lines[gave_up + 1] == f"E       - slow() [pending]  ({site})"
+    unfinished = lines.index("1 background task was still running when the test ended:")
+    assert lines[unfinished + 1 : unfinished + 3] == [
+        f"- slow() [pending]  ({site})",
+        "Wait for it with bgtasks.wait(), or drop assert_all_run=True.",
+    ]
+    # The plugin's frames are hidden: each traceback goes from the test to Celery's code (and
+    # on to the task's, for a direct call, or one applied).
+    assert "pytest_bgtasks" not in result.stdout.str()
 
 
 # -- laziness --------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def recording_class(producer_class: Any) -> Any:  # pragma: no mutate block
             self._sink = sink
 
         def publish(self, body: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True  # an EncodeError shows from the send to kombu's code
             kwargs["retry"] = False  # a retry policy would go through the connection
             published: Any = producer_class.publish(self, body, **kwargs)
             return published
@@ -124,9 +125,9 @@ class Publishing:
         return getattr(self._real, name)
 
     def publish(self, body: Any, **kwargs: Any) -> Any:
-        recording = self._source.Recording(self._sink)
-        recording.serializer = self._real.serializer
-        recording.publish(body, **dict(kwargs))
+        __tracebackhide__ = True
+        # Celery always names the serializer: the recording producer needs none of its own.
+        self._source.Recording(self._sink).publish(body, **dict(kwargs))
         if self._kept:
             record = self._kept[0]
             if not record.retries:

@@ -36,7 +36,6 @@ class Outcomes:
 
     def _receivers(self, signals: Any) -> list[tuple[Any, Any]]:
         return [
-            (signals.task_prerun, self._prerun),
             (signals.task_postrun, self._postrun),
             (signals.task_failure, self._failure),
             (signals.task_unknown, self._unknown),
@@ -46,11 +45,6 @@ class Outcomes:
         self.records.clear()
         self.raised.clear()
 
-    def _prerun(self, task_id: str | None = None, **_: Any) -> None:
-        record = self.records.get(task_id or "")
-        if record is not None and record.waiting:
-            record.start()
-
     def _postrun(self, task_id: str | None = None, state: str | None = None, **_: Any) -> None:
         record = self.records.get(task_id or "")
         outcome = _STATES.get(state or "")
@@ -58,7 +52,6 @@ class Outcomes:
             return  # a retry (sent again already), or not ours
         with self.changed:
             if outcome == "ran":
-                self.raised.pop(task_id or "", None)
                 record.ran()
             else:
                 self._failed(record, task_id or "", None)

@@ -432,6 +432,7 @@ class CelerySource:
         """A body runs (here, or in a worker thread): the rules apply, the outcome is kept."""
         __tracebackhide__ = True
         record = self.records.get(task_id)
+        self.outcomes.raised.pop(task_id, None)  # an earlier run's (a retry's) is not this one's
         runner = self.state.controller(record) if record is not None else None
         rule = runner.rule_for(record, ("fail", "replace")) if runner and record else None
         token = running.set(record)
