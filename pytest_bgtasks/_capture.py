@@ -326,7 +326,10 @@ class BackgroundTaskCapture(TaskLog):
         every record. A TimeoutError names those still running after `timeout` seconds."""
         __tracebackhide__ = True
         seconds = check_timeout(timeout, "bgtasks.wait()")
-        assert seconds is not None  # checked
+        if seconds is None:  # no bound: wait() must end
+            raise TypeError(
+                "bgtasks.wait() expects timeout= to be a number of seconds > 0, got None."
+            )
         state = _state.current()
         for source in state.sources.values() if state is not None else ():
             source.wait(self._records, seconds)

@@ -455,7 +455,7 @@ def test_wait_returns_at_once_when_nothing_runs_and_checks_its_timeout(
     started = time.monotonic()
     assert bgtasks.wait(timeout=20) == bgtasks.tasks
     assert time.monotonic() - started < 10  # not at the timeout
-    for timeout, error in ((0, ValueError), ("1", TypeError)):
+    for timeout, error in ((0, ValueError), ("1", TypeError), (None, TypeError)):
         with pytest.raises(error) as raised:
             bgtasks.wait(timeout=timeout)
         assert str(raised.value) == (
