@@ -160,7 +160,7 @@ class Runner:
             running.reset(token)
         if problem is not None:
             record.did_nothing(problem)
-        elif record.running:  # unless the source recorded the outcome itself (Celery)
+        elif record.running and not record._source.records_outcomes:
             record.ran()
 
     # -- run_deferred() --------------------------------------------------------------------

@@ -530,6 +530,20 @@ def test_the_worker_mode_publishes_a_held_task_when_run_deferred_runs_it(
 
 
 @pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker", allow_failures=True)  # the failure is the point
+def test_in_the_worker_mode_a_held_task_run_deferred_runs_is_running_until_the_worker_says(
+    on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
+) -> None:
+    tasks = on_a_real_broker
+    bgtasks.defer(tasks.boom)
+    tasks.boom.delay("late")
+    (record,) = bgtasks.run_deferred()
+    assert bgtasks.wait(timeout=10) == [record]
+    assert record.status is TaskStatus.FAILED
+    assert isinstance(record.exception, ZeroDivisionError)
+
+
+@pytest.mark.slow  # a Redis-protocol server
 @pytest.mark.bgtasks(mode="worker")
 def test_in_the_worker_mode_every_task_runs_at_once_on_the_in_process_worker(
     on_a_real_broker: Any, bgtasks: BackgroundTaskCapture
@@ -540,7 +554,7 @@ def test_in_the_worker_mode_every_task_runs_at_once_on_the_in_process_worker(
     bgtasks.defer(tasks.thread)
     held = tasks.thread.delay()
     bgtasks.run_deferred()
-    held.get(timeout=10)  # (wait() does not: run_deferred() marks it ran once published)
+    bgtasks.wait(timeout=10)
     assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN, TaskStatus.RAN]
     sent, held = (ident for name, ident in done if name == "thread")
     assert sent == held != threading.get_ident()  # the worker's thread, not the test's

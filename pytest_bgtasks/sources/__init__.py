@@ -42,6 +42,9 @@ class Source(Protocol):
     runs_rules: bool
     """Whether the source applies `fail` and `replace` rules where the task runs (Celery, in
     its tracer: so retries happen as in a worker), rather than the runner."""
+    records_outcomes: bool
+    """Whether the source records what became of each task it runs (Celery, from its signals:
+    a task published to a worker ends later), rather than the runner once `execute` returns."""
 
     @property
     def root(self) -> str:

@@ -69,6 +69,7 @@ class CelerySource:
     name = "celery"
     library: tuple[str, ...] = _CELERY
     runs_rules = True
+    records_outcomes = True
 
     def __init__(self, state: State) -> None:
         self.state = state

@@ -68,6 +68,7 @@ class StarletteSource:
     name = "starlette"
     library: tuple[str, ...] = ("starlette.", "fastapi.")
     runs_rules = False
+    records_outcomes = False
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -147,9 +148,7 @@ class StarletteSource:
         self.records = {}
         self.batches = []
 
-    # -- the patches -----------------------------------------------------------------------
-    # Each patch is a thin shim, made once when installed: what it does is a method of the
-    # source, called (and so tested) on every call.
+    # -- the patches: thin shims made once; their work is in methods, called (and tested) ---
 
     @staticmethod
     def _task_init(original: Any, slot: Slot) -> Callable[..., None]:  # pragma: no mutate block
