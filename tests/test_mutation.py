@@ -9,7 +9,7 @@ from pathlib import Path
 
 SURVIVORS = Path(__file__).resolve().parent.parent / "mutation" / "equivalent.md"
 NAME = re.compile(
-    r"^(?P<module>pytest_bgtasks(?:\.\w+)?)\."
+    r"^(?P<module>pytest_bgtasks(?:\.\w+)*?)\."
     r"x(?:_(?P<function>\w+)|ǁ(?P<cls>\w+)ǁ(?P<method>\w+))__mutmut_\d+$"
 )
 
