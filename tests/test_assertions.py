@@ -92,6 +92,40 @@ def test_star_args_and_star_kwargs_bind_across_call_shapes(
     bgtasks.assert_task_not_added(options, first=1)
 
 
+class Retrying:
+    """A decorator written as a class, as retry libraries write them: the instance takes the
+    function's `__name__`, while its own name is `Retrying.__call__`."""
+
+    def __init__(self, func: Any) -> None:
+        functools.update_wrapper(self, func)
+        self.func = func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+
+def test_a_name_matches_the_task_name_its_last_part_or_the_function_name(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    schedule(
+        (apps.Notifier(), "x"), (apps.Mailer("m").send, "a@b.com"), (Retrying(audit), "signup")
+    )
+    notifier, mailer, retrying = bgtasks.tasks
+    assert [notifier.name, mailer.name, retrying.name] == [
+        "Notifier.__call__",
+        "Mailer.send",
+        "Retrying.__call__",
+    ]
+    assert bgtasks.assert_task_added("Notifier.__call__") is notifier
+    # A method named by its class binds its arguments without `self`.
+    assert bgtasks.assert_task_added(task("Mailer.send", "a@b.com")) is mailer
+    assert bgtasks.assert_task_added("send", to="a@b.com") is mailer
+    bgtasks.assert_task_not_added(task("Mailer.send", "x@y.z"))
+    # Only the function's name says `audit`; the callable met first has no `__name__`.
+    assert bgtasks.assert_task_added("audit", "signup") is retrying
+    assert bgtasks.assert_task_count(0, "Retrying") == []
+
+
 def test_the_free_functions_pass_on_every_argument(bgtasks: BackgroundTaskCapture) -> None:
     bgtasks.fail(audit)
     signup((send_welcome_email, "a@b.com"))
@@ -172,6 +206,8 @@ def test_task_reprs_and_equality() -> None:
     assert str(error.value) == "task() expects the task function or its name first, got 42 (int)."
     manual.assert_listed(str(error.value))
     assert repr(task("send_welcome_email", "a@b.com")) == "task('send_welcome_email', 'a@b.com')"
+    long_name = "send_" * 50  # a name is shown whole, unlike a long argument
+    assert repr(task(long_name)) == f"task({long_name!r})"
 
 
 NOT_A_TASK = "expects a task function, its name, or task(func, *args, **kwargs), got 42 (int)."
@@ -302,6 +338,19 @@ def test_closest_without_a_signature_compares_positions_and_keywords(
         match=r"Closest: dict: positional args expected \(\), got \(\['a'\],\); kwarg 'x' expected 1, not given\nSee https://pytest-bgtasks\.github\.io/pytest-bgtasks/assertions/#matching$",
     ):
         bgtasks.assert_task_added(dict, x=1)
+
+
+def test_a_task_added_with_arguments_that_do_not_fit_is_compared_as_given(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    schedule((send_welcome_email, "a@b.com", "Hi", "extra"))  # fails once it runs
+    bgtasks.assert_task_added(send_welcome_email)
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_added(send_welcome_email, "a@b.com", "Hi")
+    assert str(failure.value).endswith(
+        "\nClosest: send_welcome_email: positional args expected ('a@b.com', 'Hi'), "
+        f"got ('a@b.com', 'Hi', 'extra')\n{SEE}"
+    )
 
 
 def test_closest_points_at_a_same_named_but_different_function(
