@@ -499,6 +499,11 @@ def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) 
             TypeError,
             "bgtasks.fail() expects a task function, its name, or task(func, *args, **kwargs), got None (NoneType).",
         ),
+        (
+            lambda c: c.skip(42),
+            TypeError,
+            "bgtasks.skip() expects a task function, its name, or task(func, *args, **kwargs), got 42 (int).",
+        ),
     ],
     ids=[
         "fail-not-exception",
@@ -508,6 +513,7 @@ def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) 
         "replace-with-none",
         "defer-not-callable",
         "fail-no-target",
+        "skip-not-callable",
     ],
 )
 def test_rules_reject_bad_input(
