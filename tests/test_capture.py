@@ -747,6 +747,17 @@ def test_run_deferred_timeout_names_the_task(bgtasks: BackgroundTaskCapture) -> 
     # As when Starlette's run of a response is cancelled: the rest of it never starts.
     assert same.status is TaskStatus.CANCELLED
     assert same.reason == "never started: an earlier task was cancelled"
+    # An assertion that wanted them to run says what became of them, in a sentence.
+    with pytest.raises(
+        AssertionError,
+        match=r"\nThe matching task #0 was cancelled: did not finish within timeout=0\.1s\.\n",
+    ):
+        bgtasks.assert_task_ran(never_finishes)
+    with pytest.raises(
+        AssertionError,
+        match=r"\nThe matching task #1 was cancelled: an earlier task was cancelled\.\n",
+    ):
+        bgtasks.assert_task_failed(sync_job, "same response")
     assert bgtasks.deferred == [other]  # held still; run_deferred() can go on
     assert bgtasks.run_deferred() == [other]
     assert apps.ran == [("sync_job", "other response")]
