@@ -119,7 +119,8 @@ class Runner:
     async def dispatch(self, record: TaskRecord) -> None:
         """Its response calls the task: the rules and the mode decide, then it is done."""
         __tracebackhide__ = True
-        if record._details.passed_over and record.pass_by():
+        if record._details.passed_over:
+            record.pass_by()
             return
         record.start()
         rule = self.rule_for(record) if self.rules else None
