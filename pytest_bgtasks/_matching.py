@@ -307,9 +307,9 @@ class Matcher:
         return None
 
     def _binding(self, function: Any, without_self: bool) -> Binding:
-        key = (id(function), without_self)
+        key = (id(function), without_self)  # the binding keeps `function`: the id stays its own
         binding = self._bindings.get(key)
-        if binding is None or binding.function is not function:
+        if binding is None:
             binding = self._bindings[key] = Binding(function, without_self)
         return binding
 
