@@ -126,6 +126,19 @@ def test_a_name_matches_the_task_name_its_last_part_or_the_function_name(
     assert bgtasks.assert_task_count(0, "Retrying") == []
 
 
+def test_a_name_binds_each_function_it_matches_to_that_function_s_signature(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    class Courier:
+        def send(self, address: str) -> None:
+            pass
+
+    schedule((apps.Mailer("m").send, "a@b.com"), (Courier().send, "a@b.com"))
+    mailer, courier = bgtasks.tasks
+    assert bgtasks.assert_task_count(1, task("send", to="a@b.com")) == [mailer]
+    assert bgtasks.assert_task_count(1, task("send", address="a@b.com")) == [courier]
+
+
 def test_the_free_functions_pass_on_every_argument(bgtasks: BackgroundTaskCapture) -> None:
     bgtasks.fail(audit)
     signup((send_welcome_email, "a@b.com"))
