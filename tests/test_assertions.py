@@ -616,8 +616,33 @@ def test_matching_survives_a_failing_eq(bgtasks: BackgroundTaskCapture) -> None:
 
         __hash__ = object.__hash__
 
-    schedule((audit, Touchy()))
+    touchy = Touchy()
+    BackgroundTask(audit, touchy)
+    BackgroundTask(audit, event=Touchy())
+    BackgroundTask(audit, "x")
+    # An __eq__ that raises means not equal, and the scan goes on to the next task.
     bgtasks.assert_task_not_added(audit, Touchy())
+    bgtasks.assert_task_not_added(task("audit", event=Touchy()))
+    assert bgtasks.assert_task_added(audit, "x") is bgtasks.tasks[2]
+    assert bgtasks.assert_task_count(1, task("audit", "x")) == [bgtasks.tasks[2]]
+    assert bgtasks.assert_task_added(task("audit", touchy)) is bgtasks.tasks[0]  # itself
+
+
+def test_each_shape_of_call_is_compared_against_its_own_layout(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    # The expected call is laid out once for each shape of call met (how many positional
+    # arguments, which keywords): a call with keywords never meets the layout of one without.
+    BackgroundTask(sync_job, "a")
+    BackgroundTask(sync_job, "a", flag=True)
+    BackgroundTask(sync_job, "b", flag=True)
+    BackgroundTask(sync_job, "b")
+    with_flag, plain_b = bgtasks.tasks[1], bgtasks.tasks[3]
+    assert bgtasks.assert_task_added(sync_job, "a", flag=True) is with_flag
+    assert bgtasks.assert_task_added(sync_job, "b") is plain_b
+    # The same through a name, which binds each call to the function it names.
+    assert bgtasks.assert_task_count(1, task("sync_job", "a", flag=True)) == [with_flag]
+    assert bgtasks.assert_task_count(1, task("sync_job", "b")) == [plain_b]
 
 
 def test_raw_comparison_names_keyword_differences(bgtasks: BackgroundTaskCapture) -> None:
