@@ -15,7 +15,7 @@ import apps
 import manual
 import pytest_bgtasks
 from apps import async_job, boom, sync_job
-from pytest_bgtasks import BackgroundTaskCapture, TaskStatus, task
+from pytest_bgtasks import BackgroundTaskCapture, ExpectedTask, TaskStatus, task
 
 SEE = "See https://pytest-bgtasks.github.io/pytest-bgtasks/assertions/#matching"
 
@@ -249,6 +249,13 @@ NOT_A_TASK = "expects a task function, its name, or task(func, *args, **kwargs),
         ("assert_task_count", (-1.5,), "assert_task_count() expects a count >= 0, got -1.5."),
         ("assert_task_count", ("1",), "assert_task_count() expects a count >= 0, got '1'."),
         ("assert_tasks_in_order", (), "assert_tasks_in_order() expects at least one task."),
+        (
+            "assert_tasks_in_order",
+            (audit, ExpectedTask(send_welcome_email, (), {"subject": "Hi"})),  # not by task()
+            "assert_tasks_in_order(): send_welcome_email(subject='Hi') does not fit "
+            "send_welcome_email(email, subject='Welcome'): missing a required argument: "
+            "'email'. To match any value of an argument, pass unittest.mock.ANY for it.",
+        ),
     ],
     ids=[
         "added",
@@ -262,6 +269,7 @@ NOT_A_TASK = "expects a task function, its name, or task(func, *args, **kwargs),
         "fractional-count",
         "count-as-text",
         "in-order-empty",
+        "in-order-cannot-fit",
     ],
 )
 def test_helpers_reject_what_is_not_a_task(
