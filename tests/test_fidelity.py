@@ -883,6 +883,12 @@ def test_a_task_exception_a_middleware_swallowed_is_reported(
 
     (message,) = [finding.message for finding in bgtasks.findings()]
     assert "\n- boom('swallowed') [failed] POST /work" in message
+    # The traceback starts in the task, not in the middleware that caught the exception.
+    code = boom.__code__
+    first = message.split("Traceback (most recent call last):\n")[1].splitlines()[0]
+    assert first == (
+        f'      File "{os.path.relpath(code.co_filename)}", line {code.co_firstlineno + 1}, in boom'
+    )
 
 
 @pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
