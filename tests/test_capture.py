@@ -900,6 +900,32 @@ async def test_arun_deferred_cancelled_from_outside(bgtasks: BackgroundTaskCaptu
     assert same.status is TaskStatus.CANCELLED
 
 
+@pytest.mark.anyio
+@pytest.mark.bgtasks(mode="defer")
+async def test_arun_deferred_runs_a_task_on_its_own_loop_while_that_runs_else_on_the_tests(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def where() -> None:
+        loops.append(asyncio.get_running_loop())
+
+    app = apps.fastapi_app((where, ()))
+    with TestClient(app) as client:  # the app runs on the client's loop, in a thread
+        client.post("/work")
+        with anyio.fail_after(5):
+            assert await bgtasks.arun_deferred() == bgtasks.tasks
+    post(app)  # a client gone with its loop
+    with anyio.fail_after(5):
+        assert await bgtasks.arun_deferred() == bgtasks.tasks[1:]
+
+    here = asyncio.get_running_loop()
+    on_the_clients, on_the_tests = loops
+    assert on_the_clients is not here
+    assert on_the_tests is here
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN, TaskStatus.RAN]
+
+
 @pytest.mark.bgtasks(mode="defer")
 def test_run_deferred_arguments_are_checked(bgtasks: BackgroundTaskCapture) -> None:
     with pytest.raises(
