@@ -32,6 +32,7 @@ import pytest_bgtasks
 from apps import Mailer, Notifier, async_job, boom, sync_job
 from pytest_bgtasks import (
     BackgroundTaskCapture,
+    ExpectedTask,
     SimulatedTaskError,
     TaskRequest,
     TaskStatus,
@@ -504,6 +505,18 @@ def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) 
             TypeError,
             "bgtasks.skip() expects a task function, its name, or task(func, *args, **kwargs), got 42 (int).",
         ),
+        (
+            lambda c: c.replace(42, sync_job),
+            TypeError,
+            "bgtasks.replace() expects a task function, its name, or task(func, *args, **kwargs), got 42 (int).",
+        ),
+        (
+            lambda c: c.fail(ExpectedTask(sync_job, (), {"flag": True})),  # made without task()
+            TypeError,
+            "bgtasks.fail(): sync_job(flag=True) does not fit sync_job(value, *, flag=False): "
+            "missing a required argument: 'value'. To match any value of an argument, pass "
+            "unittest.mock.ANY for it.",
+        ),
     ],
     ids=[
         "fail-not-exception",
@@ -514,6 +527,8 @@ def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) 
         "defer-not-callable",
         "fail-no-target",
         "skip-not-callable",
+        "replace-not-a-target",
+        "fail-cannot-fit",
     ],
 )
 def test_rules_reject_bad_input(
