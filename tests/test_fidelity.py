@@ -892,6 +892,30 @@ def test_a_task_exception_a_middleware_swallowed_is_reported(
 
 
 @pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
+def test_an_error_whose_chain_loops_is_searched_once_for_the_tasks(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    class Replace:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            with contextlib.suppress(ZeroDivisionError):
+                await self.app(scope, receive, send)
+            if scope["type"] == "http":
+                first, second = RuntimeError("first"), RuntimeError("second")
+                first.__cause__, second.__cause__ = second, first  # a chain that loops
+                raise first
+
+    app = apps.fastapi_app((boom, ("replaced",)))
+    app.add_middleware(Replace)
+    with TestClient(app) as client, pytest.raises(RuntimeError, match=r"^first$"):
+        client.post("/work")
+    # What reached the test does not hold the task's exception.
+    assert [finding.kind for finding in bgtasks.findings()] == ["hidden_failure"]
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
 def test_a_non_callable_given_to_add_task_is_reported_at_its_call_site(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
