@@ -942,6 +942,24 @@ async def test_arun_deferred_runs_a_task_on_its_own_loop_while_that_runs_else_on
 
 
 @pytest.mark.bgtasks(mode="defer")
+def test_run_deferred_runs_tasks_held_on_a_trio_run_that_is_over(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = apps.fastapi_app((async_job, ("first",)), (async_job, ("second",)))
+
+    async def request() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await client.post("/work")
+
+    anyio.run(request, backend="trio")
+    first, second = bgtasks.tasks
+    assert bgtasks.run_deferred(limit=1) == [first]
+    assert bgtasks.run_deferred() == [second]  # on a run already found to be over
+    assert apps.ran == [("async_job", "first"), ("async_job", "second")]
+
+
+@pytest.mark.bgtasks(mode="defer")
 def test_run_deferred_arguments_are_checked(bgtasks: BackgroundTaskCapture) -> None:
     with pytest.raises(
         ValueError, match=r"run_deferred\(\) expects limit= to be an int >= 0, got -1\."
