@@ -390,7 +390,7 @@ class TaskRecord:
         self.status = TaskStatus.CANCELLED
         self._more().reason = reason
 
-    def stop(self, status: TaskStatus, reason: str, *, passed_over: bool = False) -> None:
+    def stop(self, status: TaskStatus, reason: str, *, passed_over: bool) -> None:
         """An earlier task of its batch failed or was cancelled: it will not run. `passed_over`
         when its batch goes on calling it all the same (the failure was simulated)."""
         self.status = status
@@ -405,14 +405,11 @@ class TaskRecord:
         details.reason = reason
         details.excused = excused
 
-    def pass_by(self) -> bool:
-        """Called by a batch that a simulated failure stopped: True when this call is one to
-        let by (the record stays not run; unstarted, it runs if the batch runs again)."""
-        if not self._details.passed_over:
-            return False
+    def pass_by(self) -> None:
+        """Called by the batch that a simulated failure stopped (it is `passed_over`): this
+        call is let by. The record stays not run; unstarted, it runs if the batch runs again."""
         self._details.passed_over = False
         self._called = False
-        return True
 
     def scheduled_by(self, parent: TaskRecord) -> None:
         """`parent` was running when this task was scheduled (or sent it, for Celery)."""

@@ -283,9 +283,8 @@ class Matcher:
             try:
                 if want[0] == args and want[1] == kwargs:  # identity first, expected on the left
                     return call
-            except Exception:  # a comparison that raises: element by element
-                if _equal_args(want[0], args) and _equal_kwargs(want[1], kwargs):
-                    return call
+            except Exception:  # an __eq__ that raises: not equal (see _equal_args)
+                continue
         return None
 
     def binding(self, func: Any, call: Call) -> Binding | None:
@@ -307,9 +306,9 @@ class Matcher:
         return None
 
     def _binding(self, function: Any, without_self: bool) -> Binding:
-        key = (id(function), without_self)
+        key = (id(function), without_self)  # the binding keeps `function`: the id stays its own
         binding = self._bindings.get(key)
-        if binding is None or binding.function is not function:
+        if binding is None:
             binding = self._bindings[key] = Binding(function, without_self)
         return binding
 
@@ -350,19 +349,22 @@ def names_match(target: str, name: str, func: Any) -> bool:
 
 
 def _equal_args(want: tuple[Any, ...], got: tuple[Any, ...]) -> bool:
+    """Element by element, identity first, expected on the left, as `equal()` compares each
+    pair: a comparison that raises is one that `equal()` finds unequal, so not equal."""
     try:
-        return bool(want == got)  # element by element, identity first, expected on the left
+        return bool(want == got)
     except Exception:
-        return len(want) == len(got) and all(map(equal, want, got))
+        return False
 
 
 def _equal_kwargs(want: dict[str, Any], got: dict[str, Any]) -> bool:
+    """As `_equal_args`, value by value."""
     if not want and not got:
         return True
     try:
         return bool(want == got)
     except Exception:
-        return want.keys() == got.keys() and all(equal(v, got[k]) for k, v in want.items())
+        return False
 
 
 class _Slot:
@@ -433,8 +435,8 @@ def _slots_and_values(value: Any, wanted: Any) -> list[tuple[_Slot, Any]] | None
 
 
 def same_function(expected: object, actual: object) -> bool:
-    if expected is actual:
-        return True
+    """An `actual` function that is not the `expected` object but equal to it (the same
+    bound method made again); the caller has found them not identical."""
     try:
         return bool(expected == actual)
     except Exception:

@@ -119,7 +119,8 @@ class Runner:
     async def dispatch(self, record: TaskRecord) -> None:
         """Its response calls the task: the rules and the mode decide, then it is done."""
         __tracebackhide__ = True
-        if record._details.passed_over and record.pass_by():
+        if record._details.passed_over:
+            record.pass_by()
             return
         record.start()
         rule = self.rule_for(record) if self.rules else None
@@ -188,7 +189,7 @@ class Runner:
         here = current_loop(self.loops)
         while (loop := run.next_loop()) is not None:
             if loop is here or not loop.alive():
-                await run.segment(here)
+                await run.segment()
             else:
                 await anyio.to_thread.run_sync(loop.run_from_thread, run.segment)
         return run.finish()
@@ -232,19 +233,18 @@ class _DeferredRun:
         loop: Loop = held[1]
         return loop
 
-    async def segment(self, here: Loop | None = None) -> None:
+    async def segment(self) -> None:
         """Run the next tasks, as long as they were held on the same event loop."""
         __tracebackhide__ = True
-        here = here or current_loop(self.runner.loops)
         record = self._next()
         loop = record._details.held[1] if record is not None and record._details.held else None
         while record is not None and record._details.held is not None:
             if record._details.held[1] is not loop:
                 return
-            await self._run_held(record, here)
+            await self._run_held(record)
             record = self._next()
 
-    async def _run_held(self, record: TaskRecord, here: Loop) -> None:
+    async def _run_held(self, record: TaskRecord) -> None:
         __tracebackhide__ = True
         runner = self.runner
         held = record._details.held

@@ -15,7 +15,7 @@ import apps
 import manual
 import pytest_bgtasks
 from apps import async_job, boom, sync_job
-from pytest_bgtasks import BackgroundTaskCapture, TaskStatus, task
+from pytest_bgtasks import BackgroundTaskCapture, ExpectedTask, TaskStatus, task
 
 SEE = "See https://pytest-bgtasks.github.io/pytest-bgtasks/assertions/#matching"
 
@@ -90,6 +90,53 @@ def test_star_args_and_star_kwargs_bind_across_call_shapes(
     bgtasks.assert_task_not_added(options, first=1, x=3)
     bgtasks.assert_task_not_added(options, first=1, y=2)
     bgtasks.assert_task_not_added(options, first=1)
+
+
+class Retrying:
+    """A decorator written as a class, as retry libraries write them: the instance takes the
+    function's `__name__`, while its own name is `Retrying.__call__`."""
+
+    def __init__(self, func: Any) -> None:
+        functools.update_wrapper(self, func)
+        self.func = func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+
+def test_a_name_matches_the_task_name_its_last_part_or_the_function_name(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    schedule(
+        (apps.Notifier(), "x"), (apps.Mailer("m").send, "a@b.com"), (Retrying(audit), "signup")
+    )
+    notifier, mailer, retrying = bgtasks.tasks
+    assert [notifier.name, mailer.name, retrying.name] == [
+        "Notifier.__call__",
+        "Mailer.send",
+        "Retrying.__call__",
+    ]
+    assert bgtasks.assert_task_added("Notifier.__call__") is notifier
+    # A method named by its class binds its arguments without `self`.
+    assert bgtasks.assert_task_added(task("Mailer.send", "a@b.com")) is mailer
+    assert bgtasks.assert_task_added("send", to="a@b.com") is mailer
+    bgtasks.assert_task_not_added(task("Mailer.send", "x@y.z"))
+    # Only the function's name says `audit`; the callable met first has no `__name__`.
+    assert bgtasks.assert_task_added("audit", "signup") is retrying
+    assert bgtasks.assert_task_count(0, "Retrying") == []
+
+
+def test_a_name_binds_each_function_it_matches_to_that_function_s_signature(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    class Courier:
+        def send(self, address: str) -> None:
+            pass
+
+    schedule((apps.Mailer("m").send, "a@b.com"), (Courier().send, "a@b.com"))
+    mailer, courier = bgtasks.tasks
+    assert bgtasks.assert_task_count(1, task("send", to="a@b.com")) == [mailer]
+    assert bgtasks.assert_task_count(1, task("send", address="a@b.com")) == [courier]
 
 
 def test_the_free_functions_pass_on_every_argument(bgtasks: BackgroundTaskCapture) -> None:
@@ -172,6 +219,8 @@ def test_task_reprs_and_equality() -> None:
     assert str(error.value) == "task() expects the task function or its name first, got 42 (int)."
     manual.assert_listed(str(error.value))
     assert repr(task("send_welcome_email", "a@b.com")) == "task('send_welcome_email', 'a@b.com')"
+    long_name = "send_" * 50  # a name is shown whole, unlike a long argument
+    assert repr(task(long_name)) == f"task({long_name!r})"
 
 
 NOT_A_TASK = "expects a task function, its name, or task(func, *args, **kwargs), got 42 (int)."
@@ -200,6 +249,13 @@ NOT_A_TASK = "expects a task function, its name, or task(func, *args, **kwargs),
         ("assert_task_count", (-1.5,), "assert_task_count() expects a count >= 0, got -1.5."),
         ("assert_task_count", ("1",), "assert_task_count() expects a count >= 0, got '1'."),
         ("assert_tasks_in_order", (), "assert_tasks_in_order() expects at least one task."),
+        (
+            "assert_tasks_in_order",
+            (audit, ExpectedTask(send_welcome_email, (), {"subject": "Hi"})),  # not by task()
+            "assert_tasks_in_order(): send_welcome_email(subject='Hi') does not fit "
+            "send_welcome_email(email, subject='Welcome'): missing a required argument: "
+            "'email'. To match any value of an argument, pass unittest.mock.ANY for it.",
+        ),
     ],
     ids=[
         "added",
@@ -213,6 +269,7 @@ NOT_A_TASK = "expects a task function, its name, or task(func, *args, **kwargs),
         "fractional-count",
         "count-as-text",
         "in-order-empty",
+        "in-order-cannot-fit",
     ],
 )
 def test_helpers_reject_what_is_not_a_task(
@@ -302,6 +359,19 @@ def test_closest_without_a_signature_compares_positions_and_keywords(
         match=r"Closest: dict: positional args expected \(\), got \(\['a'\],\); kwarg 'x' expected 1, not given\nSee https://pytest-bgtasks\.github\.io/pytest-bgtasks/assertions/#matching$",
     ):
         bgtasks.assert_task_added(dict, x=1)
+
+
+def test_a_task_added_with_arguments_that_do_not_fit_is_compared_as_given(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    schedule((send_welcome_email, "a@b.com", "Hi", "extra"))  # fails once it runs
+    bgtasks.assert_task_added(send_welcome_email)
+    with pytest.raises(AssertionError) as failure:
+        bgtasks.assert_task_added(send_welcome_email, "a@b.com", "Hi")
+    assert str(failure.value).endswith(
+        "\nClosest: send_welcome_email: positional args expected ('a@b.com', 'Hi'), "
+        f"got ('a@b.com', 'Hi', 'extra')\n{SEE}"
+    )
 
 
 def test_closest_points_at_a_same_named_but_different_function(
@@ -554,8 +624,33 @@ def test_matching_survives_a_failing_eq(bgtasks: BackgroundTaskCapture) -> None:
 
         __hash__ = object.__hash__
 
-    schedule((audit, Touchy()))
+    touchy = Touchy()
+    BackgroundTask(audit, touchy)
+    BackgroundTask(audit, event=Touchy())
+    BackgroundTask(audit, "x")
+    # An __eq__ that raises means not equal, and the scan goes on to the next task.
     bgtasks.assert_task_not_added(audit, Touchy())
+    bgtasks.assert_task_not_added(task("audit", event=Touchy()))
+    assert bgtasks.assert_task_added(audit, "x") is bgtasks.tasks[2]
+    assert bgtasks.assert_task_count(1, task("audit", "x")) == [bgtasks.tasks[2]]
+    assert bgtasks.assert_task_added(task("audit", touchy)) is bgtasks.tasks[0]  # itself
+
+
+def test_each_shape_of_call_is_compared_against_its_own_layout(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    # The expected call is laid out once for each shape of call met (how many positional
+    # arguments, which keywords): a call with keywords never meets the layout of one without.
+    BackgroundTask(sync_job, "a")
+    BackgroundTask(sync_job, "a", flag=True)
+    BackgroundTask(sync_job, "b", flag=True)
+    BackgroundTask(sync_job, "b")
+    with_flag, plain_b = bgtasks.tasks[1], bgtasks.tasks[3]
+    assert bgtasks.assert_task_added(sync_job, "a", flag=True) is with_flag
+    assert bgtasks.assert_task_added(sync_job, "b") is plain_b
+    # The same through a name, which binds each call to the function it names.
+    assert bgtasks.assert_task_count(1, task("sync_job", "a", flag=True)) == [with_flag]
+    assert bgtasks.assert_task_count(1, task("sync_job", "b")) == [plain_b]
 
 
 def test_raw_comparison_names_keyword_differences(bgtasks: BackgroundTaskCapture) -> None:

@@ -32,6 +32,7 @@ import pytest_bgtasks
 from apps import Mailer, Notifier, async_job, boom, sync_job
 from pytest_bgtasks import (
     BackgroundTaskCapture,
+    ExpectedTask,
     SimulatedTaskError,
     TaskRequest,
     TaskStatus,
@@ -499,6 +500,23 @@ def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) 
             TypeError,
             "bgtasks.fail() expects a task function, its name, or task(func, *args, **kwargs), got None (NoneType).",
         ),
+        (
+            lambda c: c.skip(42),
+            TypeError,
+            "bgtasks.skip() expects a task function, its name, or task(func, *args, **kwargs), got 42 (int).",
+        ),
+        (
+            lambda c: c.replace(42, sync_job),
+            TypeError,
+            "bgtasks.replace() expects a task function, its name, or task(func, *args, **kwargs), got 42 (int).",
+        ),
+        (
+            lambda c: c.fail(ExpectedTask(sync_job, (), {"flag": True})),  # made without task()
+            TypeError,
+            "bgtasks.fail(): sync_job(flag=True) does not fit sync_job(value, *, flag=False): "
+            "missing a required argument: 'value'. To match any value of an argument, pass "
+            "unittest.mock.ANY for it.",
+        ),
     ],
     ids=[
         "fail-not-exception",
@@ -508,6 +526,9 @@ def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) 
         "replace-with-none",
         "defer-not-callable",
         "fail-no-target",
+        "skip-not-callable",
+        "replace-not-a-target",
+        "fail-cannot-fit",
     ],
 )
 def test_rules_reject_bad_input(
@@ -741,6 +762,17 @@ def test_run_deferred_timeout_names_the_task(bgtasks: BackgroundTaskCapture) -> 
     # As when Starlette's run of a response is cancelled: the rest of it never starts.
     assert same.status is TaskStatus.CANCELLED
     assert same.reason == "never started: an earlier task was cancelled"
+    # An assertion that wanted them to run says what became of them, in a sentence.
+    with pytest.raises(
+        AssertionError,
+        match=r"\nThe matching task #0 was cancelled: did not finish within timeout=0\.1s\.\n",
+    ):
+        bgtasks.assert_task_ran(never_finishes)
+    with pytest.raises(
+        AssertionError,
+        match=r"\nThe matching task #1 was cancelled: an earlier task was cancelled\.\n",
+    ):
+        bgtasks.assert_task_failed(sync_job, "same response")
     assert bgtasks.deferred == [other]  # held still; run_deferred() can go on
     assert bgtasks.run_deferred() == [other]
     assert apps.ran == [("sync_job", "other response")]
@@ -881,6 +913,50 @@ async def test_arun_deferred_cancelled_from_outside(bgtasks: BackgroundTaskCaptu
     running, same = bgtasks.tasks
     assert (running.status, running.reason) == (TaskStatus.CANCELLED, "cancelled while running")
     assert same.status is TaskStatus.CANCELLED
+
+
+@pytest.mark.anyio
+@pytest.mark.bgtasks(mode="defer")
+async def test_arun_deferred_runs_a_task_on_its_own_loop_while_that_runs_else_on_the_tests(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def where() -> None:
+        loops.append(asyncio.get_running_loop())
+
+    app = apps.fastapi_app((where, ()))
+    with TestClient(app) as client:  # the app runs on the client's loop, in a thread
+        client.post("/work")
+        with anyio.fail_after(5):
+            assert await bgtasks.arun_deferred() == bgtasks.tasks
+    post(app)  # a client gone with its loop
+    with anyio.fail_after(5):
+        assert await bgtasks.arun_deferred() == bgtasks.tasks[1:]
+
+    here = asyncio.get_running_loop()
+    on_the_clients, on_the_tests = loops
+    assert on_the_clients is not here
+    assert on_the_tests is here
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN, TaskStatus.RAN]
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_run_deferred_runs_tasks_held_on_a_trio_run_that_is_over(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = apps.fastapi_app((async_job, ("first",)), (async_job, ("second",)))
+
+    async def request() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await client.post("/work")
+
+    anyio.run(request, backend="trio")
+    first, second = bgtasks.tasks
+    assert bgtasks.run_deferred(limit=1) == [first]
+    assert bgtasks.run_deferred() == [second]  # on a run already found to be over
+    assert apps.ran == [("async_job", "first"), ("async_job", "second")]
 
 
 @pytest.mark.bgtasks(mode="defer")

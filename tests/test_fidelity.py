@@ -296,21 +296,26 @@ def test_a_response_reused_across_requests_replays_its_tasks(
     with TestClient(app) as client:
         client.post("/work")
         client.post("/work")
+        client.post("/work")
 
-    first, again = bgtasks.tasks
+    first, again, third = bgtasks.tasks
     assert first.problem is None
     assert again.problem == (
         "this BackgroundTask object already ran as #0 (sync_job('cached') [ran]): "
         "a response object reused across requests runs its tasks again"
     )
+    assert third.problem is not None
+    assert third.problem.startswith("this BackgroundTask object already ran as #1 ")
     assert again.request == TaskRequest("POST", "/work")
-    assert again.added_at == first.added_at == apps.site("cached", __file__)
-    assert apps.ran == [("sync_job", "cached")] * 2
+    assert third.added_at == again.added_at == first.added_at == apps.site("cached", __file__)
+    assert apps.ran == [("sync_job", "cached")] * 3
     assert [finding.message for finding in bgtasks.findings()] == [
-        "1 background task ran again: the same BackgroundTask object had already run, so a "
+        "2 background tasks ran again: the same BackgroundTask object had already run, so a "
         "response object is reused across requests and replays its tasks.\n"
         f"- sync_job('cached') [ran] POST /work  ({first.added_at})\n"
         f"    {again.problem}\n"
+        f"- sync_job('cached') [ran] POST /work  ({first.added_at})\n"
+        f"    {third.problem}\n"
         "Build the response (and its background) inside the endpoint; if this is expected, "
         'use @pytest.mark.bgtasks(on_dropped="warn") or "ignore".\n'
         "See https://pytest-bgtasks.github.io/pytest-bgtasks/catches/#ran-again"
@@ -463,26 +468,32 @@ def test_a_returned_error_response_still_runs_its_tasks(bgtasks: BackgroundTaskC
     assert apps.ran == [("sync_job", "audit")]
 
 
+@pytest.mark.parametrize("status", [400, 404])
 def test_an_error_answered_by_a_status_handler_drops_without_complaint(
-    bgtasks: BackgroundTaskCapture,
+    bgtasks: BackgroundTaskCapture, status: int
 ) -> None:
     app = FastAPI()
 
-    @app.exception_handler(404)
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return PlainTextResponse("gone", status_code=404)
+    @app.exception_handler(status)
+    async def answer(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("gone", status_code=status)
 
     @app.post("/users/{user_id}")
     def update(user_id: int, background_tasks: BackgroundTasks) -> dict[str, str]:
         background_tasks.add_task(sync_job, "audit")
-        raise HTTPException(404)
+        raise HTTPException(status)
 
     with TestClient(app) as client:
         assert client.post("/users/7").text == "gone"
 
     (record,) = bgtasks.dropped
-    assert record.reason == "never run: the request ended with a 404 response"
+    assert record.reason == f"never run: the request ended with a {status} response"
     assert bgtasks.findings() == []
+    with pytest.raises(
+        AssertionError,
+        match=rf"\nThe matching task #0 was dropped: the request ended with a {status} response\.\n",
+    ):
+        bgtasks.assert_task_ran(sync_job)
 
 
 class Muffle:
@@ -872,6 +883,36 @@ def test_a_task_exception_a_middleware_swallowed_is_reported(
 
     (message,) = [finding.message for finding in bgtasks.findings()]
     assert "\n- boom('swallowed') [failed] POST /work" in message
+    # The traceback starts in the task, not in the middleware that caught the exception.
+    code = boom.__code__
+    first = message.split("Traceback (most recent call last):\n")[1].splitlines()[0]
+    assert first == (
+        f'      File "{os.path.relpath(code.co_filename)}", line {code.co_firstlineno + 1}, in boom'
+    )
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
+def test_an_error_whose_chain_loops_is_searched_once_for_the_tasks(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    class Replace:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            with contextlib.suppress(ZeroDivisionError):
+                await self.app(scope, receive, send)
+            if scope["type"] == "http":
+                first, second = RuntimeError("first"), RuntimeError("second")
+                first.__cause__, second.__cause__ = second, first  # a chain that loops
+                raise first
+
+    app = apps.fastapi_app((boom, ("replaced",)))
+    app.add_middleware(Replace)
+    with TestClient(app) as client, pytest.raises(RuntimeError, match=r"^first$"):
+        client.post("/work")
+    # What reached the test does not hold the task's exception.
+    assert [finding.kind for finding in bgtasks.findings()] == ["hidden_failure"]
 
 
 @pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself

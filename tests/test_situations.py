@@ -386,8 +386,14 @@ def summarize(summary_id: int, url: str) -> None:
             "task(): summarize(1, link='http://x') does not fit summarize(summary_id, url): no "
             "parameter named 'link'.",
         ),
+        (
+            # A function of a class fits with `self` or without: this fits neither way.
+            lambda capture: capture.defer(task(Mailer.send, "a", "b", "c", "d")),
+            "task(): Mailer.send('a', 'b', 'c', 'd') does not fit Mailer.send(self, to, "
+            "subject='Hi'): too many positional arguments.",
+        ),
     ],
-    ids=["missing", "unknown"],
+    ids=["missing", "unknown", "method"],
 )
 def test_a_rule_that_can_never_apply_is_refused(
     bgtasks: BackgroundTaskCapture, add: Any, message: str

@@ -222,7 +222,7 @@ class StarletteSource:
         """A response (or anything else) calls a task while a capture is active."""
         __tracebackhide__ = True
         record = self.records.get(id(task))
-        if record is None or record._handle is not task or record._called:
+        if record is None or record._called:
             record = self.record_for_call(task, record)
         runner = self.state.controller(record) if record is not None else None
         if runner is None or record is None:
@@ -304,12 +304,8 @@ class StarletteSource:
         self.state.request_finished(request)
 
     def record_for_call(self, task: Any, known: TaskRecord | None) -> TaskRecord | None:
-        """The record of a task called that has none ready: made before the capture, or called
-        a second time (a response reused across requests)."""
-        if known is not None and known._handle is not task:
-            known = None  # a record of a task long gone, whose id this one reuses
-        if known is not None and not known._called:
-            return known
+        """The record of a task called that has none ready: made before the capture (`known`
+        is None), or called a second time (a response reused across requests)."""
         site = known._site if known is not None else None
         request = current_request.get()
         new = self.state.new_record(self, task, task.func, task.args, task.kwargs, site, request)
@@ -390,7 +386,7 @@ class StarletteSource:
         stopped: list[TaskRecord] = []
         for item in tasks[position + 1 :]:
             later = self.records.get(id(item))
-            if later is None or later._handle is not item:
+            if later is None:
                 continue
             if later.status is TaskStatus.DEFERRED or later.waiting:
                 later.stop(status, reason, passed_over=passed_over)
