@@ -15,7 +15,6 @@ import json
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -704,13 +703,3 @@ def test_a_session_inside_a_test_leaves_the_outer_capture_running(
     run_one_request()
     (record,) = bgtasks.tasks
     assert record.status is TaskStatus.RAN
-
-
-def test_no_module_of_the_package_is_over_500_lines() -> None:
-    package = Path(pytest_bgtasks.__file__).parent
-    lengths = {
-        str(path.relative_to(package)): len(path.read_text().splitlines())
-        for path in package.rglob("*.py")
-    }
-    assert len(lengths) > 10
-    assert {name: n for name, n in lengths.items() if n > 500} == {}
