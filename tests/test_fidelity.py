@@ -863,19 +863,21 @@ def test_what_left_the_app_is_searched_for_the_tasks_exception(
     assert [finding.kind for finding in bgtasks.findings()] == ([] if seen else ["hidden_failure"])
 
 
+class Swallow:
+    """A pure ASGI middleware with "best effort" error handling that hides a task's failure."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        with contextlib.suppress(ZeroDivisionError):
+            await self.app(scope, receive, send)
+
+
 @pytest.mark.bgtasks(allow_failures=True)  # this test checks the verdict itself
 def test_a_task_exception_a_middleware_swallowed_is_reported(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
-    class Swallow:
-        def __init__(self, app: Any) -> None:
-            self.app = app
-
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            # "Best effort" error handling that hides the task's failure.
-            with contextlib.suppress(ZeroDivisionError):
-                await self.app(scope, receive, send)
-
     app = apps.fastapi_app((boom, ("swallowed",)))
     app.add_middleware(Swallow)
     with TestClient(app) as client:
@@ -895,13 +897,9 @@ def test_a_task_exception_a_middleware_swallowed_is_reported(
 def test_an_error_whose_chain_loops_is_searched_once_for_the_tasks(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
-    class Replace:
-        def __init__(self, app: Any) -> None:
-            self.app = app
-
+    class Replace(Swallow):
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            with contextlib.suppress(ZeroDivisionError):
-                await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             if scope["type"] == "http":
                 first, second = RuntimeError("first"), RuntimeError("second")
                 first.__cause__, second.__cause__ = second, first  # a chain that loops

