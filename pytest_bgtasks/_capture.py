@@ -26,7 +26,7 @@ from ._matching import (
     expected_task,
 )
 from ._naming import describe_value, target_name
-from ._runner import Rule, Runner, check_count, check_timeout
+from ._runner import Rule, Runner, check_count, check_seconds, check_timeout
 from ._settings import Mode, check_mode
 
 if TYPE_CHECKING:
@@ -325,11 +325,7 @@ class BackgroundTaskCapture(TaskLog):
         """Block until no task sent to a worker (mode "worker") is still running, and return
         every record. A TimeoutError names those still running after `timeout` seconds."""
         __tracebackhide__ = True
-        seconds = check_timeout(timeout, "bgtasks.wait()")
-        if seconds is None:  # no bound: wait() must end
-            raise TypeError(
-                "bgtasks.wait() expects timeout= to be a number of seconds > 0, got None."
-            )
+        seconds = check_seconds(timeout, "bgtasks.wait()")  # always bounded: wait() must end
         state = _state.current()
         for source in state.sources.values() if state is not None else ():
             source.wait(self._records, seconds)

@@ -47,8 +47,12 @@ def check_count(value: object, caller: str, what: str, minimum: int) -> int:
 
 
 def check_timeout(value: object, caller: str) -> float | None:
-    if value is None:
-        return None
+    """None (no bound), or what `check_seconds` accepts."""
+    return None if value is None else check_seconds(value, caller)
+
+
+def check_seconds(value: object, caller: str) -> float:
+    """A number of seconds > 0 (not a bool, not NaN): a TypeError or ValueError naming `caller`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{caller} expects timeout= to be a number of seconds > 0, got {value!r}.")
     if not value > 0 or math.isnan(value):
