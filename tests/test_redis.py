@@ -176,7 +176,9 @@ def test_a_server_that_does_not_start_is_tried_three_times_then_named(
     result = run(pytester)
     result.assert_outcomes(errors=1)
     assert len(calls(bin_dir)) == 3
-    (line,) = [line for line in result.outlines if "did not start" in line]
+    # The error section's own line; the short summary repeats it after "ERROR ... - Failed: ",
+    # cut to the terminal's width or not.
+    (line,) = [line for line in result.outlines if line.startswith("The Redis-protocol server")]
     assert line.startswith(f"The Redis-protocol server {broken} did not start; see ")
     assert "During handling" not in result.stdout.str()  # shown once, not chained
     log = Path(line.removesuffix(".").rpartition("; see ")[2])
