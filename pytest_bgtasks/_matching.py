@@ -149,8 +149,7 @@ def binding_problem(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 
 def _is_method_function(func: Any) -> bool:
     """A plain function defined in a class body: `Mailer.send`."""
-    qualname = getattr(func, "__qualname__", "")
-    return inspect.isfunction(func) and "." in qualname.rpartition("<locals>.")[2]
+    return inspect.isfunction(func) and "." in func.__qualname__.rpartition("<locals>.")[2]
 
 
 def _fits(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

@@ -687,3 +687,40 @@ def test_unhashable_and_touchy_callables_still_match(bgtasks: BackgroundTaskCapt
     bgtasks.assert_task_added(unhashable, to="a")
     bgtasks.assert_task_added(touchy)
     bgtasks.assert_task_not_added(TouchyCallable())
+
+
+def test_every_keyword_the_function_does_not_take_is_named(bgtasks: BackgroundTaskCapture) -> None:
+    with pytest.raises(TypeError) as error:
+        bgtasks.assert_task_added(send_welcome_email, "a@b.com", to="x", cc="y")
+    assert str(error.value) == (
+        "assert_task_added(): send_welcome_email('a@b.com', to='x', cc='y') does not fit "
+        "send_welcome_email(email, subject='Welcome'): no parameter named 'to', 'cc'."
+    )
+
+
+def test_a_function_defined_in_a_function_is_not_taken_for_a_method(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    def notify(user: str, text: str) -> None:
+        pass
+
+    # Its qualified name has a dot ("...<locals>.notify"), but it takes no `self` to leave out.
+    with pytest.raises(TypeError) as error:
+        bgtasks.assert_task_added(notify, "hello")
+    assert str(error.value) == (
+        "assert_task_added(): notify('hello') does not fit notify(user, text): missing a "
+        "required argument: 'text'. To match any value of an argument, pass unittest.mock.ANY "
+        "for it."
+    )
+
+
+def test_a_call_that_passes_no_extra_keywords_matches_a_function_that_takes_any(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    def track(event: str, **properties: Any) -> None:
+        pass
+
+    schedule((track, "signup"))
+    # Expected by keyword, called positionally: the call is laid out anew, with no properties.
+    assert bgtasks.assert_task_added(track, event="signup") is bgtasks.tasks[0]
+    bgtasks.assert_task_not_added(track, event="signup", plan="pro")
