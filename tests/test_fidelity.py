@@ -1065,6 +1065,47 @@ async def test_a_request_cancelled_while_its_task_runs(bgtasks: BackgroundTaskCa
     assert apps.ran == []
 
 
+@pytest.mark.anyio
+async def test_an_assertion_says_in_a_sentence_how_a_task_was_cancelled(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    started = anyio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    app = apps.fastapi_app((slow, ()), (sync_job, ("after",)))
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(client.post, "/work")
+        await started.wait()
+        group.cancel_scope.cancel()
+
+    added = (
+        "2 background tasks were added:\n"
+        f"- slow() [cancelled] POST /work  ({apps.site('fastapi')})\n"
+        "    cancelled while running\n"
+        f"- sync_job('after') [cancelled] POST /work  ({apps.site('fastapi')})\n"
+        "    never started: an earlier task was cancelled\n"
+    )
+    see = "See https://pytest-bgtasks.github.io/pytest-bgtasks/assertions/#matching"
+    with pytest.raises(AssertionError) as running:
+        bgtasks.assert_task_ran(slow)
+    assert str(running.value) == (
+        f"No background task matching slow(...) ran.\n{added}"
+        f"The matching task #0 was cancelled while running.\n{see}"
+    )
+    with pytest.raises(AssertionError) as after:
+        bgtasks.assert_task_ran(sync_job, "after")
+    assert str(after.value) == (
+        f"No background task matching sync_job('after') ran.\n{added}"
+        f"The matching task #1 was cancelled: an earlier task was cancelled.\n{see}"
+    )
+
+
 # -- tasks created outside the capture ---------------------------------------------------------
 
 
