@@ -199,5 +199,5 @@ def task_frames(record: TaskRecord) -> traceback.StackSummary:
 
 
 def is_library(frame: types.FrameType, library: tuple[str, ...]) -> bool:
-    module = str(frame.f_globals.get("__name__", "")) + "."
+    module = str(frame.f_globals.get("__name__")) + "."  # "None." for none: no library
     return module.startswith(LIBRARY_MODULES) or module.startswith(library)

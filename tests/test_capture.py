@@ -1141,3 +1141,11 @@ def test_a_failure_stops_the_rest_of_a_batch_made_before_the_capture(
     assert first.status is TaskStatus.FAILED
     assert second.status is TaskStatus.NOT_RUN
     assert apps.ran == []
+
+
+def test_wait_returns_every_task_at_once_when_background_tasks_ran_within_their_request(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    post(apps.fastapi_app((sync_job, ("a",)), (async_job, ("b",))))
+    assert bgtasks.wait() == bgtasks.tasks
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN, TaskStatus.RAN]

@@ -398,6 +398,9 @@ def test_a_name_no_app_registers_and_arguments_that_do_not_bind_are_reported(
         "send_task('celery_apps.mail.nobody'): no Celery app in this process registers a task of "
         "that name; a worker would drop it"
     )
+    # What the record says it raised: the problem, as the error a worker would give.
+    assert (type(unknown.exception), str(unknown.exception)) == (LookupError, unknown.problem)
+    assert (type(unbound.exception), str(unbound.exception)) == (LookupError, unbound.problem)
     with pytest.raises(LookupError) as called:
         unknown.func("a@b.c")  # a record's func: there is none to call
     assert str(called.value) == "no Celery app registers a task named 'celery_apps.mail.nobody'"
