@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import group
 
 import celery_apps
 from celery_apps import add, done, send_email
@@ -81,3 +82,20 @@ def test_a_task_sent_again_with_the_id_of_one_sent_before_runs_again_as_the_same
     assert (record.status, record.retries) == (TaskStatus.RAN, 0)  # not a retry
     assert first.id == again.id == record.task_id == "same-id"
     assert done == [("add", 3), ("add", 3)]
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_a_held_task_is_published_to_the_broker_the_app_names_when_run_deferred_runs_it(
+    bgtasks: BackgroundTaskCapture, bgtasks_redis_url: str
+) -> None:
+    app = celery_apps.make_app("moved", celery_apps.NOWHERE)
+    tasks = celery_apps.make_tasks(app)
+    group(tasks.add.s(1, 1), tasks.add.s(2, 2)).delay()  # Celery's pool now names NOWHERE
+    app.conf.broker_url = app.conf.result_backend = bgtasks_redis_url  # a fixture moves it
+    bgtasks.mode = "worker"
+    bgtasks.defer(tasks.send_email)
+    tasks.send_email.delay("held@b.c")
+    bgtasks.run_deferred()
+    bgtasks.wait(timeout=10)
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN] * 3
+    assert done == [("add", 2), ("add", 4), ("send_email", "held@b.c")]
