@@ -23,6 +23,7 @@ if importlib.util.find_spec("fastapi") is None:
         "test_benchmarks.py",
         "test_capture.py",
         "test_celery.py",
+        "test_celery_more.py",
         "test_clients.py",
         "test_docs.py",
         "test_fidelity.py",

@@ -688,11 +688,29 @@ def test_wait_gives_up_and_names_what_is_still_running(pytester: pytest.Pytester
             from celery_apps import boom
 
             boom.apply(("x",), throw=True)
+
+
+        stopping = Celery("stopping", broker="redis://127.0.0.1:9/0")
+
+
+        @stopping.task(shared=False)
+        def stops():
+            pytest.fail("stopped in the task")  # not an Exception: Celery lets it through
+
+
+        def test_stopped_at_the_send(bgtasks):
+            stops.delay()
+
+
+        def test_stopped_when_run_deferred(bgtasks):
+            bgtasks.defer(stops)
+            stops.delay()
+            bgtasks.run_deferred()
         """
     )
     pytester.syspathinsert(Path(__file__).parent)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=4, errors=1)
+    result.assert_outcomes(passed=1, failed=6, errors=1)
     site = "test_wait_gives_up_and_names_what_is_still_running.py:18"
     lines = result.stdout.lines
     gave_up = lines.index(
@@ -706,8 +724,9 @@ def test_wait_gives_up_and_names_what_is_still_running(pytester: pytest.Pytester
         "Wait for it with bgtasks.wait(), or drop assert_all_run=True.",
     ]
     # The plugin's frames are hidden: each traceback goes from the test to Celery's code (and
-    # on to the task's, for a direct call, or one applied). The reports end where the warnings
-    # summary starts: under coverage it names the plugin, imported before pytest could rewrite it.
+    # on to the task's, for a direct call, one applied, or a task that stops the test). The
+    # reports end where the warnings summary starts: under coverage it names the plugin,
+    # imported before pytest could rewrite it.
     reports = re.split(r"=+ (?:warnings summary|short test summary info) =+", result.stdout.str())
     assert "pytest_bgtasks" not in reports[0]
 

@@ -28,7 +28,7 @@ import types
 import uuid
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._lifecycle import Site, TaskRecord, TaskStatus, current_request, running
 from .._naming import NAMERS
@@ -323,7 +323,7 @@ class CelerySource:
         record = self.state.new_record(self, func, func, args, kwargs, site, request)
         if record is None:
             return None
-        sender = self.records.get(str(options.get("parent_id") or ""))
+        sender = self.records.get(str(options.get("parent_id")))  # "None": no record's id
         if record.parent is None and sender is not None:  # sent by Celery for a task that ended
             record.scheduled_by(sender)
         shown = {k: v for k, v in options.items() if k not in _LEFT_OUT and v not in (None, ())}
@@ -339,6 +339,7 @@ class CelerySource:
     def _pick_up(self, record: TaskRecord) -> None:
         """Run it as a worker would pick it up: after the request that sent it, after the task
         that sent it, else now."""
+        __tracebackhide__ = True
         request = current_request.get()
         with self.lock:
             self.queue.append(record)
@@ -350,6 +351,7 @@ class CelerySource:
             self.drain()
 
     def drain(self) -> None:
+        __tracebackhide__ = True
         with self.lock:
             if self.draining:
                 return
@@ -366,6 +368,7 @@ class CelerySource:
                 self.draining = False
 
     def _dispatch(self, record: TaskRecord) -> None:
+        __tracebackhide__ = True
         if record.status is not TaskStatus.PENDING:
             return  # refused at the send, or settled already
         if record.retries:  # a retry runs: the rules decided about the task when it was sent
@@ -434,8 +437,9 @@ class CelerySource:
         __tracebackhide__ = True
         record = self.records.get(task_id)
         self.outcomes.raised.pop(task_id, None)  # an earlier run's (a retry's) is not this one's
-        runner = self.state.controller(record) if record is not None else None
-        rule = runner.rule_for(record, ("fail", "replace")) if runner and record else None
+        rule = None
+        if record is not None and (runner := self.state.controller(record)) is not None:
+            rule = runner.rule_for(record, ("fail", "replace"))
         token = running.set(record)
         try:
             if rule is not None and rule.action == "replace":
@@ -466,8 +470,7 @@ class CelerySource:
     # -- naming and places -----------------------------------------------------------------
 
     def task_name(self, record: TaskRecord) -> str:
-        name: str = getattr(record.func, "name", "") or record.func.__name__
-        return name
+        return str(cast(Any, record.func).name)  # a Celery task's, or an UnknownTask's
 
     def _name(self, func: Any) -> str | None:
         if isinstance(func, (self.Task, self.Proxy, UnknownTask)):

@@ -1,0 +1,101 @@
+"""Celery: what the source does beyond the common paths (test_celery.py has those)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import group
+
+import celery_apps
+from celery_apps import add, done, send_email
+from pytest_bgtasks import BackgroundTaskCapture, TaskStatus
+
+
+@pytest.fixture(autouse=True)
+def _empty_done() -> Iterator[None]:
+    done.clear()
+    yield
+    done.clear()
+
+
+def test_a_task_that_calls_itself_directly_sees_each_call_s_own_request(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = celery_apps.make_app("direct", celery_apps.NOWHERE)
+
+    @app.task(shared=False, bind=True)
+    def countdown(self: Any, n: int) -> None:
+        done.append(list(self.request.args))
+        if n:
+            countdown(n - 1)  # a direct call, as without the plugin: a request of its own
+
+    countdown(2)
+    countdown.delay(1)
+    assert done == [[2], [1], [0], [1], [0]]
+    assert [record.call for record in bgtasks.tasks] == ["countdown(1)"]
+
+
+def test_in_a_capture_an_app_s_result_store_is_one_in_memory_outside_the_worker_mode() -> None:
+    app = celery_apps.make_app("stores", celery_apps.NOWHERE)
+    own = type(app.backend)
+    with BackgroundTaskCapture():
+        memory = app.backend
+        assert type(memory).__name__ == "CacheBackend"
+        assert app.backend is memory  # the same store every time, as Celery keeps its own
+    assert type(app.backend) is own  # the app's own again, outside any capture
+    with BackgroundTaskCapture(mode="worker"):
+        assert type(app.backend) is own  # the worker mode's results go where the app says
+
+
+def test_a_thousand_tasks_sent_by_one_task_all_run_after_it_in_order(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = celery_apps.make_app("fan", celery_apps.NOWHERE)
+    tasks = celery_apps.make_tasks(app)
+
+    @app.task(shared=False)
+    def fan_out(n: int) -> None:
+        for x in range(n):
+            tasks.add.delay(x, 0)
+
+    fan_out.delay(1000)
+    assert done == [("add", x) for x in range(1000)]
+    assert {record.status for record in bgtasks.tasks} == {TaskStatus.RAN}
+
+
+def test_an_option_set_to_false_is_left_out_of_the_record_and_one_set_to_true_is_shown(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    send_email.apply_async(("a@b.c",), ignore_result=True, retry=False)
+    (record,) = bgtasks.tasks
+    assert record.options == {"serializer": "json", "ignore_result": True}
+
+
+def test_a_task_sent_again_with_the_id_of_one_sent_before_runs_again_as_the_same_record(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    first = add.apply_async((1, 2), task_id="same-id")
+    again = add.apply_async((1, 2), task_id="same-id")
+    (record,) = bgtasks.tasks
+    assert (record.status, record.retries) == (TaskStatus.RAN, 0)  # not a retry
+    assert first.id == again.id == record.task_id == "same-id"
+    assert done == [("add", 3), ("add", 3)]
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_a_held_task_is_published_to_the_broker_the_app_names_when_run_deferred_runs_it(
+    bgtasks: BackgroundTaskCapture, bgtasks_redis_url: str
+) -> None:
+    app = celery_apps.make_app("moved", celery_apps.NOWHERE)
+    tasks = celery_apps.make_tasks(app)
+    group(tasks.add.s(1, 1), tasks.add.s(2, 2)).delay()  # Celery's pool now names NOWHERE
+    app.conf.broker_url = app.conf.result_backend = bgtasks_redis_url  # a fixture moves it
+    bgtasks.mode = "worker"
+    bgtasks.defer(tasks.send_email)
+    tasks.send_email.delay("held@b.c")
+    bgtasks.run_deferred()
+    bgtasks.wait(timeout=10)
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN] * 3
+    assert done == [("add", 2), ("add", 4), ("send_email", "held@b.c")]
