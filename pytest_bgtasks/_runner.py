@@ -380,7 +380,7 @@ class Loop:
         if self.backend == "asyncio":
             loop: asyncio.AbstractEventLoop = self.handle
             return loop.is_running() and not loop.is_closed()
-        return self.handle is not None
+        return True  # a trio token: its run's end is found when a job is sent to it
 
     def run_from_thread(self, job: Callable[[], Awaitable[None]]) -> bool:
         """Run `job` on this loop and wait for it; False when the loop is gone."""

@@ -99,3 +99,18 @@ def test_a_held_task_is_published_to_the_broker_the_app_names_when_run_deferred_
     bgtasks.wait(timeout=10)
     assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN] * 3
     assert done == [("add", 2), ("add", 4), ("send_email", "held@b.c")]
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_tasks_held_outside_any_event_loop_run_on_asyncio(bgtasks: BackgroundTaskCapture) -> None:
+    import sniffio
+
+    seen: list[str] = []
+
+    @celery_apps.celery.task(shared=False)
+    def where() -> None:
+        seen.append(sniffio.current_async_library())
+
+    where.delay()  # held here, where no event loop runs (trio is imported: hypothesis does)
+    assert bgtasks.run_deferred() == bgtasks.tasks
+    assert seen == ["asyncio"]

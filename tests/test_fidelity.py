@@ -1232,6 +1232,26 @@ def test_run_deferred_after_the_trio_loop_ended_uses_a_new_loop(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.bgtasks(mode="defer")
+async def test_arun_deferred_in_an_asyncio_test_runs_tasks_on_the_live_trio_loop_of_a_client(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    import trio
+
+    tokens: list[object] = []
+
+    async def where() -> None:
+        tokens.append(trio.lowlevel.current_trio_token())
+
+    with TestClient(apps.fastapi_app((where, ())), backend="trio") as client:
+        client.post("/work")
+        assert await bgtasks.arun_deferred() == bgtasks.tasks
+        assert client.portal is not None
+        assert tokens == [client.portal.call(trio.lowlevel.current_trio_token)]
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_run_deferred_inside_a_trio_test_points_to_arun_deferred(
     bgtasks: BackgroundTaskCapture,

@@ -1120,3 +1120,45 @@ def test_the_report_hook_is_registered_once_by_name(
     assert manager.get_plugin("bgtasks-reports") is not None
     names = [name for name, _ in manager.list_name_plugin() if name == "bgtasks-reports"]
     assert names == ["bgtasks-reports"]
+
+
+HANGS = """
+import anyio
+import pytest
+from fastapi import BackgroundTasks, FastAPI
+from starlette.testclient import TestClient
+
+async def hang():
+    await anyio.sleep_forever()
+
+app = FastAPI()
+
+@app.post("/hang")
+def route(background_tasks: BackgroundTasks):
+    background_tasks.add_task(hang)
+    return {}
+
+@pytest.mark.bgtasks(mode="defer")
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_hang(bgtasks, backend):
+    with TestClient(app, backend=backend) as client:
+        client.post("/hang")
+        bgtasks.run_deferred(timeout=0.05)  # on the client's loop, still running
+"""
+
+
+@pytest.mark.parametrize("style", ["short", "long"])
+def test_a_deferred_task_timed_out_on_the_clients_loop_shows_none_of_the_plugin(
+    pytester: pytest.Pytester, style: str
+) -> None:
+    pytester.makepyfile(test_it=HANGS)
+    result = pytester.runpytest(f"--tb={style}", "-p", "no:randomly")
+    result.assert_outcomes(failed=2)
+    lines = result.stdout.lines
+    assert [line for line in lines if re.search(r"pytest_bgtasks[/\\]\w+", line)] == []
+    errors = [line.removeprefix("E").strip() for line in lines if line.startswith("E ")]
+    where = "test_it.py:13"  # the add_task line
+    assert (
+        errors
+        == [f"TimeoutError: Deferred task hang() ({where}) did not finish within 0.05 seconds."] * 2
+    )
