@@ -563,6 +563,38 @@ def test_in_the_worker_mode_every_task_runs_at_once_on_the_in_process_worker(
 
 
 @pytest.mark.slow  # a Redis-protocol server
+def test_the_worker_mode_leaves_celerys_join_guard_as_the_test_set_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from celery.result import denied_join_result
+
+        import celery_apps
+
+
+        @pytest.mark.bgtasks(mode="worker")
+        def test_denied(bgtasks, bgtasks_redis_url):
+            app = celery_apps.make_app("guarded", bgtasks_redis_url)
+            tasks = celery_apps.make_tasks(app)
+            with denied_join_result():
+                result = tasks.add.delay(1, 2)  # the worker starts here
+                bgtasks.wait(timeout=10)
+                with pytest.raises(RuntimeError, match="Never call result.get"):
+                    result.get(timeout=10)
+            assert result.get(timeout=10) == 3
+
+
+        def test_after(bgtasks):
+            assert celery_apps.add.delay(2, 3).get(timeout=1) == 5
+        """
+    )
+    pytester.syspathinsert(Path(__file__).parent)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+@pytest.mark.slow  # a Redis-protocol server
 @pytest.mark.bgtasks(mode="worker", allow_failures=True)  # the test checks the refusal itself
 def test_in_the_worker_mode_a_send_refused_at_the_send_is_never_published(
     on_a_real_broker: Any, bgtasks: BackgroundTaskCapture

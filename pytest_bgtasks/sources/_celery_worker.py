@@ -29,9 +29,7 @@ class InProcessWorker:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.celery_state = importlib.import_module("celery._state")
-        # Building the worker says, for the whole process, that joining a result would block
-        # (as it would, inside a worker): kept, to say it again of the test's thread.
-        self._blocking: bool = self.celery_state.task_join_will_block()
+        blocking = self.celery_state.task_join_will_block()
         controller = importlib.import_module("celery.contrib.testing.worker").TestWorkController
         self.controller = controller(
             app=app,
@@ -45,6 +43,9 @@ class InProcessWorker:
             without_gossip=True,
             hostname=f"bgtasks-{uuid.uuid4().hex[:8]}@localhost",
         )
+        # Building the worker says, for the whole process, that joining a result would block
+        # (as it would, inside a worker): said again as it was, of the test's thread.
+        self.celery_state._set_task_join_will_block(blocking)
         self.thread = threading.Thread(target=self._run, name="bgtasks-celery-worker", daemon=True)
 
     def _run(self) -> None:
@@ -57,7 +58,6 @@ class InProcessWorker:
         if not self.controller._on_started.wait(READY_TIMEOUT):
             self.stop()
             raise TimeoutError(_messages.worker_not_ready(self.app.main, self.app.conf.broker_url))
-        self.celery_state._set_task_join_will_block(self._blocking)
 
     def stop(self) -> None:
         worker_state: Any = importlib.import_module("celery.worker.state")
@@ -67,7 +67,6 @@ class InProcessWorker:
             _wake_broker_reads(self.app)  # ...which a blocking broker read would delay by 1 s
             self.thread.join(0.02)
         worker_state.should_terminate = None
-        self.celery_state._set_task_join_will_block(self._blocking)
 
 
 def _wake_broker_reads(app: Any) -> None:
