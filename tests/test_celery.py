@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -560,6 +561,35 @@ def test_in_the_worker_mode_every_task_runs_at_once_on_the_in_process_worker(
     assert sent == held != threading.get_ident()  # the worker's thread, not the test's
     (node,) = (name for reply in tasks.app.control.ping(timeout=0.5) for name in reply)
     assert re.fullmatch(r"bgtasks-[0-9a-f]{8}@localhost", node)  # its own name, not the host's
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_stopping_the_worker_wakes_the_read_it_waits_in_and_leaves_the_tests_own_reads_alone(
+    bgtasks_redis_url: str, on_a_real_broker: Any
+) -> None:
+    server = redis.Redis.from_url(bgtasks_redis_url)
+    key = f"bgtasks-test-{uuid.uuid4().hex}"
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.append(server.blpop([key], timeout=30)))
+    with BackgroundTaskCapture(mode="worker") as capture:
+        on_a_real_broker.add.delay(1, 2)
+        capture.wait(timeout=10)
+        reader.start()  # the test's own blocking read, on another connection
+        while not [each for each in server.client_list() if each["cmd"] == "blpop"]:
+            reader.join(0.01)
+        before = server.info("commandstats")
+    after = server.info("commandstats")
+    server.lpush(key, "mine")
+    reader.join(30)
+    server.close()
+
+    def calls(command: str) -> int:
+        stat = f"cmdstat_{command}"
+        return int(after.get(stat, {}).get("calls", 0)) - int(before.get(stat, {}).get("calls", 0))
+
+    assert calls("client|unblock") >= 1  # the worker's BRPOP returns now, not at its timeout
+    assert calls("client|list") < 50  # each look for a read to wake is one; none once it is gone
+    assert got == [(key.encode(), b"mine")]  # still waiting, after the worker stopped
 
 
 @pytest.mark.slow  # a Redis-protocol server

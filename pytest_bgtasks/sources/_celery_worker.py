@@ -70,15 +70,16 @@ class InProcessWorker:
 
 
 def _wake_broker_reads(app: Any) -> None:
-    """Make the broker reads the worker blocks in (BRPOP) return now: CLIENT UNBLOCK."""
-    url = str(app.conf.broker_url or "")
-    if not url.startswith(("redis://", "valkey://")):
+    """Make the broker reads the worker blocks in (kombu's Redis transport reads with BRPOP only)
+    return now: CLIENT UNBLOCK."""
+    url = str(app.conf.broker_url)
+    if not url.startswith("redis://"):
         return
     redis = importlib.import_module("redis")
-    client = redis.Redis.from_url(url.replace("valkey://", "redis://", 1))
+    client = redis.Redis.from_url(url)
     try:
         for each in client.client_list():
-            if each.get("cmd") in ("brpop", "blpop", "bzpopmin"):
+            if each.get("cmd") == "brpop":
                 client.client_unblock(int(each["id"]))
     except redis.RedisError:
         pass  # the server is gone: so is the read
