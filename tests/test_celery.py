@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -561,6 +562,52 @@ def test_in_the_worker_mode_every_task_runs_at_once_on_the_in_process_worker(
     assert sent == held != threading.get_ident()  # the worker's thread, not the test's
     (node,) = (name for reply in tasks.app.control.ping(timeout=0.5) for name in reply)
     assert re.fullmatch(r"bgtasks-[0-9a-f]{8}@localhost", node)  # its own name, not the host's
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_the_worker_is_a_daemon_thread_named_for_what_it_is_and_is_gone_when_the_capture_ends(
+    bgtasks_redis_url: str,
+) -> None:
+    app = celery_apps.make_app("bgthread", bgtasks_redis_url)
+    seen: list[threading.Thread] = []
+
+    @app.task(shared=False)
+    def where() -> None:
+        seen.append(threading.current_thread())
+
+    for _ in range(2):  # the second capture's worker, started after the first one stopped, runs
+        with BackgroundTaskCapture(mode="worker") as capture:
+            where.delay()
+            assert [record.status for record in capture.wait(timeout=10)] == [TaskStatus.RAN]
+    first, second = seen
+    assert first is not second
+    for thread in seen:
+        assert (thread.name, thread.daemon) == ("bgtasks-celery-worker", True)
+        assert not thread.is_alive()
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_the_worker_neither_announces_itself_nor_listens_to_workers_and_reserves_four_tasks(
+    bgtasks_redis_url: str,
+) -> None:
+    url = urlsplit(bgtasks_redis_url)._replace(path="/7").geturl()  # a database of its own
+    tasks = celery_apps.make_tasks(celery_apps.make_app("bgquiet", url))
+    server = redis.Redis.from_url(url)
+    broadcasts = server.pubsub()
+    broadcasts.psubscribe("/7.*")  # kombu's broadcasts there: events, gossip, mingle's hello
+    with BackgroundTaskCapture(mode="worker") as capture:
+        tasks.add.delay(1, 2)
+        capture.wait(timeout=10)
+        heard = []
+        while (message := broadcasts.get_message(timeout=0.1)) is not None:
+            heard.append((message["type"], message["channel"]))
+        listens = server.exists("_kombu.binding.celeryev")  # gossip's queue on the events
+        (stats,) = tasks.app.control.inspect(timeout=10, limit=1).stats().values()
+    broadcasts.close()
+    server.close()
+    assert heard == [("psubscribe", b"/7.*")]  # no heartbeat, no mingling
+    assert not listens
+    assert stats["prefetch_count"] == 4  # one task at a time, times Celery's multiplier of 4
 
 
 @pytest.mark.slow  # a Redis-protocol server
