@@ -64,7 +64,7 @@ class RedisServer:
     """A server this process starts on 127.0.0.1 and stops; or one named by BGTASKS_REDIS_URL."""
 
     def __init__(self) -> None:
-        self.url = os.environ.get("BGTASKS_REDIS_URL", "")
+        self.url = os.environ.get("BGTASKS_REDIS_URL")
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._dir: str | None = None
@@ -107,13 +107,10 @@ class RedisServer:
         if self._process is not None:
             self._process.kill()  # nothing to save: it is gone at once
             self._process.wait(10)
-            self._process = None
         if self._log is not None:
             self._log.close()
-            self._log = None
 
     def stop(self) -> None:
         self._kill()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -564,6 +566,113 @@ def test_in_the_worker_mode_every_task_runs_at_once_on_the_in_process_worker(
     assert sent == held != threading.get_ident()  # the worker's thread, not the test's
     (node,) = (name for reply in tasks.app.control.ping(timeout=0.5) for name in reply)
     assert re.fullmatch(r"bgtasks-[0-9a-f]{8}@localhost", node)  # its own name, not the host's
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_the_worker_is_a_daemon_thread_named_for_what_it_is_and_is_gone_when_the_capture_ends(
+    bgtasks_redis_url: str,
+) -> None:
+    app = celery_apps.make_app("bgthread", bgtasks_redis_url)
+    seen: list[threading.Thread] = []
+
+    @app.task(shared=False)
+    def where() -> None:
+        seen.append(threading.current_thread())
+
+    for _ in range(2):  # the second capture's worker, started after the first one stopped, runs
+        with BackgroundTaskCapture(mode="worker") as capture:
+            where.delay()
+            assert [record.status for record in capture.wait(timeout=10)] == [TaskStatus.RAN]
+    first, second = seen
+    assert first is not second
+    for thread in seen:
+        assert (thread.name, thread.daemon) == ("bgtasks-celery-worker", True)
+        assert not thread.is_alive()
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_the_worker_neither_announces_itself_nor_listens_to_workers_and_reserves_four_tasks(
+    bgtasks_redis_url: str,
+) -> None:
+    url = urlsplit(bgtasks_redis_url)._replace(path="/7").geturl()  # a database of its own
+    tasks = celery_apps.make_tasks(celery_apps.make_app("bgquiet", url))
+    server = redis.Redis.from_url(url)
+    broadcasts = server.pubsub()
+    broadcasts.psubscribe("/7.*")  # kombu's broadcasts there: events, gossip, mingle's hello
+    with BackgroundTaskCapture(mode="worker") as capture:
+        tasks.add.delay(1, 2)
+        capture.wait(timeout=10)
+        heard = []
+        while (message := broadcasts.get_message(timeout=0.1)) is not None:
+            heard.append((message["type"], message["channel"]))
+        listens = server.exists("_kombu.binding.celeryev")  # gossip's queue on the events
+        (stats,) = tasks.app.control.inspect(timeout=10, limit=1).stats().values()
+    broadcasts.close()
+    server.close()
+    assert heard == [("psubscribe", b"/7.*")]  # no heartbeat, no mingling
+    assert not listens
+    assert stats["prefetch_count"] == 4  # one task at a time, times Celery's multiplier of 4
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_stopping_the_worker_wakes_the_read_it_waits_in_and_leaves_the_tests_own_reads_alone(
+    bgtasks_redis_url: str, on_a_real_broker: Any
+) -> None:
+    server = redis.Redis.from_url(bgtasks_redis_url)
+    key = f"bgtasks-test-{uuid.uuid4().hex}"
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.append(server.blpop([key], timeout=30)))
+    with BackgroundTaskCapture(mode="worker") as capture:
+        on_a_real_broker.add.delay(1, 2)
+        capture.wait(timeout=10)
+        reader.start()  # the test's own blocking read, on another connection
+        while not [each for each in server.client_list() if each["cmd"] == "blpop"]:
+            reader.join(0.01)
+        before = server.info("commandstats")
+    after = server.info("commandstats")
+    server.lpush(key, "mine")
+    reader.join(30)
+    server.close()
+
+    def calls(command: str) -> int:
+        stat = f"cmdstat_{command}"
+        return int(after.get(stat, {}).get("calls", 0)) - int(before.get(stat, {}).get("calls", 0))
+
+    assert calls("client|unblock") >= 1  # the worker's BRPOP returns now, not at its timeout
+    assert calls("client|list") < 50  # each look for a read to wake is one; none once it is gone
+    assert got == [(key.encode(), b"mine")]  # still waiting, after the worker stopped
+
+
+@pytest.mark.slow  # a Redis-protocol server
+def test_the_worker_mode_leaves_celerys_join_guard_as_the_test_set_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from celery.result import denied_join_result
+
+        import celery_apps
+
+
+        @pytest.mark.bgtasks(mode="worker")
+        def test_denied(bgtasks, bgtasks_redis_url):
+            app = celery_apps.make_app("guarded", bgtasks_redis_url)
+            tasks = celery_apps.make_tasks(app)
+            with denied_join_result():
+                result = tasks.add.delay(1, 2)  # the worker starts here
+                bgtasks.wait(timeout=10)
+                with pytest.raises(RuntimeError, match="Never call result.get"):
+                    result.get(timeout=10)
+            assert result.get(timeout=10) == 3
+
+
+        def test_after(bgtasks):
+            assert celery_apps.add.delay(2, 3).get(timeout=1) == 5
+        """
+    )
+    pytester.syspathinsert(Path(__file__).parent)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
 @pytest.mark.slow  # a Redis-protocol server

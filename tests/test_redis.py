@@ -185,3 +185,23 @@ def test_a_server_that_does_not_start_is_tried_three_times_then_named(
     assert log.name == "server.log"
     assert log.read_text().splitlines() == ["cannot start"] * 3  # kept, to be read
     shutil.rmtree(log.parent)
+
+
+def test_a_server_directory_already_gone_at_the_end_is_no_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = pytester.path / "bin"
+    named = wrapper(bin_dir, "my-server", f'exec "{real_server()}" "$@"')
+    monkeypatch.setenv("BGTASKS_REDIS_SERVER", str(named))
+    pytester.makepyfile(
+        f"""
+        import shutil
+        from pathlib import Path
+
+
+        def test_it(bgtasks_redis_url):
+            (call,) = Path({str(bin_dir / "calls")!r}).read_text().splitlines()
+            shutil.rmtree(call.rpartition(" --dir ")[2])  # as a temporary-files cleaner might
+        """
+    )
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)

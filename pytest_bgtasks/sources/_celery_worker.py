@@ -29,22 +29,20 @@ class InProcessWorker:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.celery_state = importlib.import_module("celery._state")
-        # Building the worker says, for the whole process, that joining a result would block
-        # (as it would, inside a worker): kept, to say it again of the test's thread.
-        self._blocking: bool = self.celery_state.task_join_will_block()
+        blocking = self.celery_state.task_join_will_block()
         controller = importlib.import_module("celery.contrib.testing.worker").TestWorkController
         self.controller = controller(
             app=app,
             concurrency=1,
             pool="solo",
-            loglevel="WARNING",
-            logfile=None,
-            ready_callback=None,
             without_heartbeat=True,
             without_mingle=True,
             without_gossip=True,
             hostname=f"bgtasks-{uuid.uuid4().hex[:8]}@localhost",
         )
+        # Building the worker says, for the whole process, that joining a result would block
+        # (as it would, inside a worker): said again as it was, of the test's thread.
+        self.celery_state._set_task_join_will_block(blocking)
         self.thread = threading.Thread(target=self._run, name="bgtasks-celery-worker", daemon=True)
 
     def _run(self) -> None:
@@ -57,7 +55,6 @@ class InProcessWorker:
         if not self.controller._on_started.wait(READY_TIMEOUT):
             self.stop()
             raise TimeoutError(_messages.worker_not_ready(self.app.main, self.app.conf.broker_url))
-        self.celery_state._set_task_join_will_block(self._blocking)
 
     def stop(self) -> None:
         worker_state: Any = importlib.import_module("celery.worker.state")
@@ -67,19 +64,19 @@ class InProcessWorker:
             _wake_broker_reads(self.app)  # ...which a blocking broker read would delay by 1 s
             self.thread.join(0.02)
         worker_state.should_terminate = None
-        self.celery_state._set_task_join_will_block(self._blocking)
 
 
 def _wake_broker_reads(app: Any) -> None:
-    """Make the broker reads the worker blocks in (BRPOP) return now: CLIENT UNBLOCK."""
-    url = str(app.conf.broker_url or "")
-    if not url.startswith(("redis://", "valkey://")):
+    """Make the broker reads the worker blocks in (kombu's Redis transport reads with BRPOP only)
+    return now: CLIENT UNBLOCK."""
+    url = str(app.conf.broker_url)
+    if not url.startswith("redis://"):
         return
     redis = importlib.import_module("redis")
-    client = redis.Redis.from_url(url.replace("valkey://", "redis://", 1))
+    client = redis.Redis.from_url(url)
     try:
         for each in client.client_list():
-            if each.get("cmd") in ("brpop", "blpop", "bzpopmin"):
+            if each.get("cmd") == "brpop":
                 client.client_unblock(int(each["id"]))
     except redis.RedisError:
         pass  # the server is gone: so is the read
