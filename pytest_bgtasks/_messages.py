@@ -326,6 +326,14 @@ def worker_not_ready(app: str, broker: str) -> str:
     )
 
 
+def celery_protocol_one(app: str, name: str) -> str:
+    return (
+        f"{name!r} was sent with task_protocol = 1, which the Celery app {app!r} sets: "
+        "pytest-bgtasks reads the task messages of protocol 2 (Celery's default since 4.0) and "
+        "would neither record nor run it. Leave task_protocol unset in tests."
+    )
+
+
 def celery_does_not_bind(name: str, error: TypeError) -> str:
     return f"the arguments do not fit {name}: {error}; the task would fail in the worker"
 

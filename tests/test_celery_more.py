@@ -9,6 +9,7 @@ import pytest
 from celery import group
 
 import celery_apps
+import manual
 from celery_apps import add, done, send_email
 from pytest_bgtasks import BackgroundTaskCapture, TaskStatus
 
@@ -114,3 +115,22 @@ def test_tasks_held_outside_any_event_loop_run_on_asyncio(bgtasks: BackgroundTas
     where.delay()  # held here, where no event loop runs (trio is imported: hypothesis does)
     assert bgtasks.run_deferred() == bgtasks.tasks
     assert seen == ["asyncio"]
+
+
+def test_a_send_in_task_protocol_1_is_refused_with_what_to_change(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = celery_apps.make_app("legacy", celery_apps.NOWHERE)
+    app.conf.task_protocol = 1  # its messages carry the task's id where no recorder looks
+    legacy_add = celery_apps.make_tasks(app).add
+    for send in (lambda: legacy_add.delay(1, 2), lambda: app.send_task(legacy_add.name, (1, 2))):
+        with pytest.raises(ValueError, match="task_protocol = 1") as error:
+            send()
+        assert str(error.value) == (
+            f"{legacy_add.name!r} was sent with task_protocol = 1, which the Celery app 'legacy' "
+            "sets: pytest-bgtasks reads the task messages of protocol 2 (Celery's default since "
+            "4.0) and would neither record nor run it. Leave task_protocol unset in tests."
+        )
+        manual.assert_listed(str(error.value))
+    assert bgtasks.tasks == []
+    assert done == []

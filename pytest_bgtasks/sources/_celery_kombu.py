@@ -205,6 +205,14 @@ def quiet_celery_warnings() -> None:
     ignore("ignore", r"The broker_connection_retry configuration", module=r"celery\.worker")
 
 
+def check_protocol(app: Any, name: str) -> None:
+    """Refuse a send in task protocol 1: its message carries the task's id in the body, where
+    the recording producer does not look, so the task would be neither recorded nor run."""
+    __tracebackhide__ = True
+    if app.conf.task_protocol == 1:
+        raise ValueError(_messages.celery_protocol_one(app.main, name))
+
+
 def decoded(
     serialization: Any, app: Any, message: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:

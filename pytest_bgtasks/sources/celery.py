@@ -35,6 +35,7 @@ from .._naming import NAMERS
 from ._celery_kombu import (
     Publishing,
     UnknownTask,
+    check_protocol,
     decoded,
     fail_inside,
     quiet_celery_warnings,
@@ -254,6 +255,7 @@ class CelerySource:
         """A task is sent: record it (Celery builds and encodes the message), then run it
         here, hold it, or publish it, as the rules and the mode say."""
         __tracebackhide__ = True
+        check_protocol(app, name)
         if args:  # by position (Celery's own calls pass keywords only)
             assert self.send_signature is not None
             call = self.send_signature.bind(app, name, *args, **kwargs).arguments
