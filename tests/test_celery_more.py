@@ -134,3 +134,27 @@ def test_a_send_in_task_protocol_1_is_refused_with_what_to_change(
         manual.assert_listed(str(error.value))
     assert bgtasks.tasks == []
     assert done == []
+
+
+class Interrupted(BaseException):
+    """Not an Exception: what Celery's tracer lets through (KeyboardInterrupt, pytest.fail)."""
+
+
+@pytest.mark.parametrize(
+    "mode", ["run", pytest.param("defer", marks=pytest.mark.bgtasks(mode="defer"))]
+)
+def test_a_task_that_raises_what_celery_lets_through_fails_and_the_error_goes_on_up(
+    bgtasks: BackgroundTaskCapture, mode: str
+) -> None:
+    @celery_apps.celery.task(shared=False, name=f"interrupted-{mode}")
+    def interrupted() -> None:
+        raise Interrupted("stop")
+
+    with pytest.raises(Interrupted):  # noqa: PT012  # in the run mode, the send raises
+        interrupted.delay()
+        assert mode == "defer"
+        bgtasks.run_deferred()
+    (record,) = bgtasks.tasks
+    assert record.status is TaskStatus.FAILED
+    assert isinstance(record.exception, Interrupted)
+    assert bgtasks.assert_task_failed(interrupted) is record

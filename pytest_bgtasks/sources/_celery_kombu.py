@@ -213,6 +213,18 @@ def check_protocol(app: Any, name: str) -> None:
         raise ValueError(_messages.celery_protocol_one(app.main, name))
 
 
+def escaped(record: TaskRecord, exc: BaseException) -> None:
+    """What came out of Celery's tracer, which handles an `Exception` raised by the body
+    itself: an error outside the body (the task is not registered here) fails the task; a
+    `BaseException` the tracer lets through (`KeyboardInterrupt`, `pytest.fail`) fails it too,
+    and goes on up."""
+    __tracebackhide__ = True
+    if record.running:  # the test sees the error if it goes past here to the test's code
+        record.failed(exc, raised_at=exc.__traceback__)
+    if not isinstance(exc, Exception):
+        raise exc
+
+
 def decoded(
     serialization: Any, app: Any, message: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -37,6 +37,7 @@ from ._celery_kombu import (
     UnknownTask,
     check_protocol,
     decoded,
+    escaped,
     fail_inside,
     quiet_celery_warnings,
     recording_class,
@@ -406,8 +407,8 @@ class CelerySource:
             was_draining, self.draining = self.draining, True
         try:
             self.trace.trace_task_ret(record.name, task_id, request, *body, app=app)
-        except Exception as exc:  # outside the body: the task is not registered here
-            record.failed(exc)
+        except BaseException as exc:  # outside the body, or what Celery's tracer lets through
+            escaped(record, exc)
         finally:
             with self.lock:
                 self.draining = was_draining
