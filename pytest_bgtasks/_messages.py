@@ -334,6 +334,10 @@ def celery_protocol_one(app: str, name: str) -> str:
     )
 
 
+def celery_refused(name: str, error: Exception) -> str:
+    return f"a worker would refuse the message of {name}: {error}"
+
+
 def celery_does_not_bind(name: str, error: TypeError) -> str:
     return f"the arguments do not fit {name}: {error}; the task would fail in the worker"
 

@@ -158,3 +158,24 @@ def test_a_task_that_raises_what_celery_lets_through_fails_and_the_error_goes_on
     assert record.status is TaskStatus.FAILED
     assert isinstance(record.exception, Interrupted)
     assert bgtasks.assert_task_failed(interrupted) is record
+
+
+@pytest.mark.bgtasks(allow_failures=True)  # a finding at teardown, as production would drop it
+def test_a_message_in_a_content_type_the_app_does_not_accept_is_refused_with_its_arguments(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    app = celery_apps.make_app("picky", celery_apps.NOWHERE)
+    app.conf.task_serializer = "pickle"  # sent in pickle...
+    app.conf.accept_content = ["json"]  # ...which its worker refuses
+    picky_add = celery_apps.make_tasks(app).add
+    picky_add.delay(1, y=2)
+    (record,) = bgtasks.tasks
+    assert record.status is TaskStatus.FAILED
+    assert (record.args, record.kwargs) == ((1,), {"y": 2})  # as sent
+    assert record.problem == (
+        f"a worker would refuse the message of {picky_add.name}: Refusing to deserialize "
+        "untrusted content of type pickle (application/x-python-serialize)"
+    )
+    manual.assert_listed(record.problem)
+    assert done == []  # not run
+    bgtasks.assert_task_failed(picky_add, 1, y=2)

@@ -226,14 +226,16 @@ def escaped(record: TaskRecord, exc: BaseException) -> None:
 
 
 def decoded(
-    serialization: Any, app: Any, message: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """A message's arguments as a worker receives them: after the serializer's round trip."""
+    serialization: Any, app: Any, message: dict[str, Any], options: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], str | None]:
+    """A message's arguments as a worker receives them: after the serializer's round trip. In
+    a content type the app's worker refuses, the arguments as sent, and why it refuses."""
     accept = serialization.prepare_accept_content(app.conf.accept_content)
     try:
         args, kwargs, _ = serialization.loads(
             message["body"], message["content_type"], message["content_encoding"], accept=accept
         )
-    except Exception:  # a content type the worker refuses: shown as sent
-        return (), {}
-    return tuple(args), dict(kwargs)  # pyright: ignore[reportUnknownArgumentType]
+    except Exception as exc:  # whatever the worker's decoding raises, it refuses
+        sent = tuple(options.get("args") or ()), dict(options.get("kwargs") or {})
+        return *sent, _messages.celery_refused(message["headers"]["task"], exc)
+    return tuple(args), dict(kwargs), None  # pyright: ignore[reportUnknownArgumentType]

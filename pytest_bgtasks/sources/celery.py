@@ -298,13 +298,12 @@ class CelerySource:
         task's own again for a retry)."""
         if message["headers"].get("id") != task_id:
             return
-        args, kwargs = decoded(self.serialization, app, message)
         with self.lock:
             record = self.records.get(task_id)
             if record is not None:
                 record.retried(int(message["headers"].get("retries") or 0))
             else:
-                record = self._new_record(app, name, task_id, options, site, args, kwargs)
+                record = self._new_record(app, name, task_id, options, site, message)
                 if record is None:
                     return
             self.messages[task_id] = (app, message, options)
@@ -317,9 +316,9 @@ class CelerySource:
         task_id: str,
         options: dict[str, Any],
         site: Site | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        message: dict[str, Any],
     ) -> TaskRecord | None:
+        args, kwargs, refusal = decoded(self.serialization, app, message, options)
         task = app._tasks.get(name) or registered(self.celery_state, name)
         func = task if task is not None else UnknownTask(name)
         request = current_request.get()
@@ -333,7 +332,7 @@ class CelerySource:
         record.celery(task_id, {k: v for k, v in shown.items() if v is not False})
         if site is None and record.parent is not None:
             record._site = record.parent._site
-        problem = send_problem(task, name, args, kwargs)
+        problem = refusal or send_problem(task, name, args, kwargs)
         if problem is not None:
             record.refused(problem)
         self.records[task_id] = record
