@@ -230,23 +230,14 @@ class _DeferredRun:
     def next_loop(self) -> Loop | None:
         """The event loop of the next task to run, or None when none is left."""
         record = self._next()
-        if record is None:
-            return None
-        held = record._details.held
-        assert held is not None  # every held record has one
-        loop: Loop = held[1]
-        return loop
+        return None if record is None else _held_on(record)
 
     async def segment(self) -> None:
         """Run the next tasks, as long as they were held on the same event loop."""
         __tracebackhide__ = True
-        record = self._next()
-        loop = record._details.held[1] if record is not None and record._details.held else None
-        while record is not None and record._details.held is not None:
-            if record._details.held[1] is not loop:
-                return
+        loop = self.next_loop()
+        while (record := self._next()) is not None and _held_on(record) is loop:
             await self._run_held(record)
-            record = self._next()
 
     async def _run_held(self, record: TaskRecord) -> None:
         __tracebackhide__ = True
@@ -258,7 +249,7 @@ class _DeferredRun:
         record.start()
         self.ran.append(record)
         actions: tuple[Action, ...] = ("skip",) if record._source.runs_rules else RUNNING
-        rule = runner.rule_for(record, actions) if runner.rules else None
+        rule = runner.rule_for(record, actions)
         if rule is not None and rule.action == "skip":
             record.skip()
             return
@@ -269,7 +260,7 @@ class _DeferredRun:
             record.cancelled(f"cancelled: did not finish within timeout={self.timeout:g}s")
             raise TimeoutError(_messages.timed_out(record, self.timeout)) from None
         except BaseException as exc:
-            if record.status is not TaskStatus.FAILED or exc is not record.exception:
+            if exc is not record.exception:  # not the task failing (a cancellation): at once
                 raise
             self.first_error = self.first_error or exc
         finally:
@@ -284,6 +275,14 @@ class _DeferredRun:
         if self.first_error is not None:
             raise self.first_error
         return self.ran
+
+
+def _held_on(record: TaskRecord) -> Loop:
+    """The event loop a held task was held on."""
+    held = record._details.held
+    assert held is not None  # every held record has one
+    loop: Loop = held[1]
+    return loop
 
 
 class _InContext:

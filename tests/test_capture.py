@@ -428,9 +428,10 @@ def test_a_rule_overrides_the_mode(bgtasks: BackgroundTaskCapture) -> None:
     assert apps.ran == [("async_job", "b")]
 
 
+@pytest.mark.parametrize("job", [sync_job, async_job], ids=["def-task", "async-def-task"])
 @pytest.mark.parametrize("fake_kind", ["def", "async-def"])
 def test_replace_runs_the_fake_with_the_tasks_arguments(
-    bgtasks: BackgroundTaskCapture, fake_kind: str
+    bgtasks: BackgroundTaskCapture, fake_kind: str, job: Callable[..., Any]
 ) -> None:
     seen: list[tuple[str, bool]] = []
 
@@ -440,18 +441,18 @@ def test_replace_runs_the_fake_with_the_tasks_arguments(
     async def async_fake(value: str, *, flag: bool = False) -> None:
         seen.append((value, flag))
 
-    bgtasks.replace(sync_job, fake if fake_kind == "def" else async_fake)
+    bgtasks.replace(job, fake if fake_kind == "def" else async_fake)
     app = FastAPI()
 
     @app.post("/work")
     def work(background_tasks: BackgroundTasks) -> dict[str, str]:
-        background_tasks.add_task(sync_job, "a", flag=True)
+        background_tasks.add_task(job, "a", flag=True)
         return {}
 
     post(app)
     assert seen == [("a", True)]
     assert apps.ran == []
-    assert bgtasks.assert_task_ran(sync_job, "a", flag=True).func is sync_job
+    assert bgtasks.assert_task_ran(job, "a", flag=True).func is job
 
 
 def test_a_failing_fake_fails_the_task_for_real(bgtasks: BackgroundTaskCapture) -> None:
@@ -846,6 +847,35 @@ def test_deferred_tasks_run_with_the_context_they_were_scheduled_in(
 
 
 @pytest.mark.bgtasks(mode="defer")
+def test_a_task_a_held_task_schedules_runs_with_the_context_that_task_left(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    user: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="nobody")
+    seen: list[tuple[str, str]] = []
+    app = FastAPI()
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        user.set("alice")
+
+        async def second() -> None:
+            seen.append(("second", user.get()))
+
+        async def first() -> None:
+            seen.append(("first", user.get()))
+            user.set("bob")
+            background_tasks.add_task(second)  # after the batch was called: nothing calls it
+
+        background_tasks.add_task(first)
+        return {}
+
+    post(app)
+    assert len(bgtasks.run_deferred()) == 2
+    assert seen == [("first", "alice"), ("second", "bob")]
+    assert user.get() == "nobody"
+
+
+@pytest.mark.bgtasks(mode="defer")
 def test_run_deferred_inside_bg_client_runs_on_its_live_event_loop(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
@@ -1149,3 +1179,38 @@ def test_wait_returns_every_task_at_once_when_background_tasks_ran_within_their_
     post(apps.fastapi_app((sync_job, ("a",)), (async_job, ("b",))))
     assert bgtasks.wait() == bgtasks.tasks
     assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN, TaskStatus.RAN]
+
+
+@pytest.fixture
+def early_batches() -> tuple[StarletteBackgroundTasks, StarletteBackgroundTasks]:
+    """Two batches made before the capture starts (this fixture comes first in the test's list)."""
+    return StarletteBackgroundTasks(), StarletteBackgroundTasks()
+
+
+def test_a_failure_in_a_batch_that_a_task_of_another_runs_stops_what_follows_in_the_outer_one(
+    early_batches: tuple[StarletteBackgroundTasks, StarletteBackgroundTasks],
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    import anyio
+
+    outer, inner = early_batches
+    inner.add_task(boom, "inner")
+
+    async def run_inner() -> None:
+        await inner()
+
+    outer.add_task(run_inner)
+    outer.add_task(sync_job, "after")
+    with pytest.raises(ZeroDivisionError):
+        anyio.run(outer)
+
+    failing, running, after = bgtasks.tasks
+    assert (failing.call, failing.status) == ("boom('inner')", TaskStatus.FAILED)
+    assert running.status is TaskStatus.FAILED
+    assert running.exception is failing.exception
+    assert (after.status, after.reason) == (
+        TaskStatus.NOT_RUN,
+        "not run: an earlier task of its response failed, "
+        f"{running.call} raised ZeroDivisionError('boom inner')",
+    )
+    assert apps.ran == []

@@ -349,6 +349,29 @@ def test_a_chain_s_next_link_is_shown_at_the_chain_s_line_when_run_deferred_ran_
     assert link.added_at == first.added_at == apps.site("held-chain", __file__)
 
 
+@pytest.mark.bgtasks(mode="defer")
+def test_a_skip_rule_added_after_a_send_was_held_skips_it_when_run_deferred_reaches_it(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    send_email.delay("a@b.c")
+    bgtasks.skip(send_email)
+    assert [record.call for record in bgtasks.run_deferred()] == ["send_email('a@b.c')"]
+    assert statuses(bgtasks) == [("send_email('a@b.c')", TaskStatus.SKIPPED)]
+    assert done == []
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_a_simulated_failure_of_a_held_send_goes_through_autoretry_when_run_deferred_runs_it(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.fail(flaky, ConnectionError("broker down"), times=1)
+    flaky.delay("x")
+    bgtasks.run_deferred()
+    (record,) = bgtasks.tasks
+    assert (record.status, record.retries) == (TaskStatus.RAN, 1)
+    assert done == [("flaky", "x")]  # the retry ran the body
+
+
 @pytest.mark.bgtasks(mode="skip")
 def test_skip_records_and_never_runs(bgtasks: BackgroundTaskCapture) -> None:
     result = send_email.delay("a@b.c")

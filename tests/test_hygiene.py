@@ -110,6 +110,21 @@ def run_script(pytester: pytest.Pytester, body: str) -> list[str]:
 
 
 @pytest.mark.slow
+def test_outside_pytest_wait_after_the_capture_stopped_returns_its_records(
+    pytester: pytest.Pytester,
+) -> None:
+    lines = run_script(
+        pytester,
+        """
+        with BackgroundTaskCapture() as capture:
+            post()
+        print("waited:", [str(record.status) for record in capture.wait()])
+        """,
+    )
+    assert lines == ["waited: ['ran']"]
+
+
+@pytest.mark.slow
 def test_outside_pytest_starlette_is_patched_only_while_a_capture_is_active(
     pytester: pytest.Pytester,
 ) -> None:

@@ -96,6 +96,34 @@ def test_a_task_subclass_with_its_own_call_is_seen_running(
     assert bgtasks.findings() == []
 
 
+def test_a_task_subclass_with_its_own_call_runs_an_async_function_on_the_task_itself(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    made: list[BackgroundTask] = []
+    called: list[BackgroundTask] = []
+
+    class Noted(BackgroundTask):
+        async def __call__(self) -> None:
+            called.append(self)
+            await super().__call__()
+
+    app = FastAPI()
+
+    @app.post("/work")
+    def work() -> Response:
+        made.append(Noted(async_job, "noted"))
+        return Response(background=made[0])
+
+    with TestClient(app) as client:
+        client.post("/work")
+
+    (record,) = bgtasks.tasks
+    assert record.status is TaskStatus.RAN
+    assert apps.ran == [("async_job", "noted")]
+    assert len(called) == 1
+    assert called[0] is made[0]
+
+
 def test_a_task_subclass_that_runs_its_function_obeys_the_rules(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
@@ -269,6 +297,20 @@ def test_each_held_task_runs_on_the_loop_of_the_client_that_scheduled_it(
     assert loop_a is not loop_b
     assert seen_a == [loop_a] * 4
     assert seen_b == [loop_b] * 2
+
+
+@pytest.mark.bgtasks(mode="defer")
+def test_the_held_tasks_of_a_closed_client_run_together_on_one_loop_of_their_own(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    seen: list[object] = []
+    with TestClient(loop_reporting_app(seen)) as client:
+        client.post("/work")
+        client.post("/work")
+    assert len(bgtasks.run_deferred()) == 2
+    client_loop, first, second = seen[0], seen[2], seen[3]
+    assert first is second
+    assert first is not client_loop
 
 
 @pytest.mark.bgtasks(mode="defer")

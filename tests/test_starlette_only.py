@@ -109,6 +109,20 @@ def test_rules_on_a_starlette_app(bgtasks: BackgroundTaskCapture) -> None:
     assert apps.ran == []
 
 
+def test_an_error_handled_by_starlettes_middleware_outside_any_starlette_app_is_answered_as_usual(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    """Starlette's exception middleware around a bare ASGI app: no request of the plugin's."""
+    from starlette.middleware.exceptions import ExceptionMiddleware
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        raise HTTPException(404, "nothing here")
+
+    response = TestClient(ExceptionMiddleware(bare)).post("/work")  # no lifespan
+    assert (response.status_code, response.text) == (404, "nothing here")
+    assert bgtasks.tasks == []
+
+
 @pytest.mark.bgtasks(on_dropped="ignore")  # this test checks the verdict itself
 def test_dropped_tasks_of_a_starlette_app(bgtasks: BackgroundTaskCapture) -> None:
     async def forgotten(request: Request) -> Response:
