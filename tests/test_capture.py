@@ -20,9 +20,12 @@ import anyio
 import httpx
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI
+from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
-from starlette.responses import Response
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
@@ -355,6 +358,10 @@ def test_fail_raises_instead_of_running_and_stops_the_rest_of_the_response(
     assert isinstance(failed.exception, ConnectionRefusedError)
     assert bgtasks.assert_task_failed(sync_job, "a") is failed
     assert later.status is TaskStatus.NOT_RUN
+    assert later.reason == (
+        "not run: an earlier task of its response failed, "
+        "sync_job('a') raised ConnectionRefusedError('smtp down')"
+    )
     assert apps.ran == []
 
 
@@ -399,6 +406,33 @@ def test_fail_with_propagate_reaches_the_client(bgtasks: BackgroundTaskCapture) 
         post(apps.fastapi_app((async_job, ("a",)), (sync_job, ("b",))))
 
     assert [record.status for record in bgtasks.tasks] == [TaskStatus.FAILED, TaskStatus.NOT_RUN]
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")  # the response is reused on purpose
+def test_a_task_stopped_by_a_propagated_failure_runs_when_its_response_is_sent_again(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.fail(sync_job, KeyError("k"), times=1, propagate=True)
+    batch = StarletteBackgroundTasks()
+    batch.add_task(sync_job, "a")
+    batch.add_task(async_job, "b")
+    response = PlainTextResponse("ok", background=batch)
+
+    async def endpoint(request: Request) -> Response:
+        return response
+
+    with TestClient(Starlette(routes=[Route("/", endpoint)])) as client:
+        with pytest.raises(KeyError):
+            client.get("/")
+        assert client.get("/").status_code == 200
+
+    failed, later, again = bgtasks.tasks
+    assert (failed.status, later.status, again.status) == (
+        TaskStatus.FAILED,
+        TaskStatus.RAN,
+        TaskStatus.RAN,
+    )
+    assert apps.ran == [("sync_job", "a"), ("async_job", "b")]
 
 
 def test_rules_can_target_one_call_with_task(bgtasks: BackgroundTaskCapture) -> None:
