@@ -435,6 +435,24 @@ def test_a_task_stopped_by_a_propagated_failure_runs_when_its_response_is_sent_a
     assert apps.ran == [("sync_job", "a"), ("async_job", "b")]
 
 
+def test_a_task_made_in_a_request_and_awaited_by_the_test_after_it_raises_to_the_test(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    kept: list[BackgroundTask] = []
+
+    async def endpoint(request: Request) -> Response:
+        kept.append(BackgroundTask(boom, "later"))
+        return PlainTextResponse("ok")
+
+    with TestClient(Starlette(routes=[Route("/", endpoint)])) as client:
+        assert client.get("/").status_code == 200
+    with pytest.raises(ZeroDivisionError, match="boom later"):
+        asyncio.run(kept[0]())
+
+    assert bgtasks.assert_task_failed(boom, "later").request == TaskRequest("GET", "/")
+    assert bgtasks.findings() == []  # raised in the test, which saw it
+
+
 def test_rules_can_target_one_call_with_task(bgtasks: BackgroundTaskCapture) -> None:
     bgtasks.skip(task(sync_job, "b"))
     post(apps.fastapi_app((sync_job, ("a",)), (sync_job, ("b",)), (sync_job, ("c",))))
