@@ -630,6 +630,40 @@ def test_a_block_needs_an_active_capture() -> None:
         blocked.__enter__()
 
 
+def test_a_block_that_outlives_its_capture_records_tasks_that_run_as_starlette_runs_them(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.mode = "skip"
+    with bgtasks.capture() as block:
+        bgtasks.stop()
+        post(apps.fastapi_app((sync_job, ("a",))))
+
+    assert [record.call for record in block.tasks] == ["sync_job('a')"]
+    assert bgtasks.tasks == []
+    assert apps.ran == [("sync_job", "a")]
+
+
+def test_a_task_of_a_request_that_began_before_a_capture_runs_as_starlette_runs_it() -> None:
+    first = BackgroundTaskCapture()
+    later = BackgroundTaskCapture(mode="skip")
+
+    async def endpoint(request: Request) -> Response:
+        batch = StarletteBackgroundTasks()
+        batch.add_task(sync_job, "a")
+        first.stop()  # as a test ends while its request goes on,
+        later.start()  # and the next test's capture starts
+        return PlainTextResponse("ok", background=batch)
+
+    first.start()
+    try:
+        assert post(Starlette(routes=[Route("/work", endpoint, methods=["POST"])])) == 200
+    finally:
+        later.stop()
+    assert [record.call for record in first.tasks] == ["sync_job('a')"]
+    assert later.tasks == []
+    assert apps.ran == [("sync_job", "a")]
+
+
 def test_the_core_works_as_a_plain_context_manager() -> None:
     with BackgroundTaskCapture(mode="skip") as capture:
         post(apps.fastapi_app((sync_job, ("a",))))
