@@ -20,9 +20,12 @@ import anyio
 import httpx
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI
+from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
-from starlette.responses import Response
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
@@ -355,6 +358,10 @@ def test_fail_raises_instead_of_running_and_stops_the_rest_of_the_response(
     assert isinstance(failed.exception, ConnectionRefusedError)
     assert bgtasks.assert_task_failed(sync_job, "a") is failed
     assert later.status is TaskStatus.NOT_RUN
+    assert later.reason == (
+        "not run: an earlier task of its response failed, "
+        "sync_job('a') raised ConnectionRefusedError('smtp down')"
+    )
     assert apps.ran == []
 
 
@@ -399,6 +406,51 @@ def test_fail_with_propagate_reaches_the_client(bgtasks: BackgroundTaskCapture) 
         post(apps.fastapi_app((async_job, ("a",)), (sync_job, ("b",))))
 
     assert [record.status for record in bgtasks.tasks] == [TaskStatus.FAILED, TaskStatus.NOT_RUN]
+
+
+@pytest.mark.bgtasks(on_dropped="ignore")  # the response is reused on purpose
+def test_a_task_stopped_by_a_propagated_failure_runs_when_its_response_is_sent_again(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.fail(sync_job, KeyError("k"), times=1, propagate=True)
+    batch = StarletteBackgroundTasks()
+    batch.add_task(sync_job, "a")
+    batch.add_task(async_job, "b")
+    response = PlainTextResponse("ok", background=batch)
+
+    async def endpoint(request: Request) -> Response:
+        return response
+
+    with TestClient(Starlette(routes=[Route("/", endpoint)])) as client:
+        with pytest.raises(KeyError):
+            client.get("/")
+        assert client.get("/").status_code == 200
+
+    failed, later, again = bgtasks.tasks
+    assert (failed.status, later.status, again.status) == (
+        TaskStatus.FAILED,
+        TaskStatus.RAN,
+        TaskStatus.RAN,
+    )
+    assert apps.ran == [("sync_job", "a"), ("async_job", "b")]
+
+
+def test_a_task_made_in_a_request_and_awaited_by_the_test_after_it_raises_to_the_test(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    kept: list[BackgroundTask] = []
+
+    async def endpoint(request: Request) -> Response:
+        kept.append(BackgroundTask(boom, "later"))
+        return PlainTextResponse("ok")
+
+    with TestClient(Starlette(routes=[Route("/", endpoint)])) as client:
+        assert client.get("/").status_code == 200
+    with pytest.raises(ZeroDivisionError, match="boom later"):
+        asyncio.run(kept[0]())
+
+    assert bgtasks.assert_task_failed(boom, "later").request == TaskRequest("GET", "/")
+    assert bgtasks.findings() == []  # raised in the test, which saw it
 
 
 def test_rules_can_target_one_call_with_task(bgtasks: BackgroundTaskCapture) -> None:
@@ -577,6 +629,40 @@ def test_a_block_needs_an_active_capture() -> None:
     blocked = capture.capture()
     with pytest.raises(RuntimeError, match=r"bgtasks.capture\(\) needs the capture to be active\."):
         blocked.__enter__()
+
+
+def test_a_block_that_outlives_its_capture_records_tasks_that_run_as_starlette_runs_them(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    bgtasks.mode = "skip"
+    with bgtasks.capture() as block:
+        bgtasks.stop()
+        post(apps.fastapi_app((sync_job, ("a",))))
+
+    assert [record.call for record in block.tasks] == ["sync_job('a')"]
+    assert bgtasks.tasks == []
+    assert apps.ran == [("sync_job", "a")]
+
+
+def test_a_task_of_a_request_that_began_before_a_capture_runs_as_starlette_runs_it() -> None:
+    first = BackgroundTaskCapture()
+    later = BackgroundTaskCapture(mode="skip")
+
+    async def endpoint(request: Request) -> Response:
+        batch = StarletteBackgroundTasks()
+        batch.add_task(sync_job, "a")
+        first.stop()  # as a test ends while its request goes on,
+        later.start()  # and the next test's capture starts
+        return PlainTextResponse("ok", background=batch)
+
+    first.start()
+    try:
+        assert post(Starlette(routes=[Route("/work", endpoint, methods=["POST"])])) == 200
+    finally:
+        later.stop()
+    assert [record.call for record in first.tasks] == ["sync_job('a')"]
+    assert later.tasks == []
+    assert apps.ran == [("sync_job", "a")]
 
 
 def test_the_core_works_as_a_plain_context_manager() -> None:

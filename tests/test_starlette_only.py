@@ -4,6 +4,7 @@ that need no FastAPI, are the suite; everywhere else they run beside the rest.""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -63,6 +65,32 @@ def test_a_mounted_starlette_app_reports_the_full_path(bgtasks: BackgroundTaskCa
     record = assert_task_ran(sync_job, "mounted")
     assert record.request == TaskRequest("POST", "/api/work")
     assert record.added_at == apps.site("starlette")
+
+
+def test_an_error_in_a_mounted_app_is_one_request_with_the_outer_app(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    async def refused(request: Request) -> Response:
+        BackgroundTasks().add_task(sync_job, "refused")
+        raise KeyError("no such order")
+
+    class Swallow:  # past the mounted app, which sent its 500 already
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            with contextlib.suppress(KeyError):
+                await self.app(scope, receive, send)
+
+    inner = Starlette(routes=[Route("/work", refused, methods=["POST"])])
+    outer = Starlette(routes=[Mount("/api", inner)], middleware=[Middleware(Swallow)])
+    assert post(outer, "/api/work") == 500
+
+    (record,) = bgtasks.dropped
+    assert record.request == TaskRequest("POST", "/api/work")
+    assert record.reason == (
+        "never run: the endpoint raised KeyError('no such order'), answered with 500"
+    )
 
 
 @pytest.mark.bgtasks(mode="defer")

@@ -51,11 +51,13 @@ class StarletteRequest(Request):
 
     __slots__ = ("batches", "kind", "raised", "scope")
 
+    kind: str
+    """The ASGI scope's type, "http" or "websocket" (set by `request_started`, as the scope)."""
+    scope: object
+    """The ASGI scope: a mounted app gets the same one, another request a new one."""
+
     def __init__(self, info: TaskRequest, captures: tuple[Any, ...]) -> None:
         super().__init__(info, captures)
-        self.kind = "http"
-        self.scope: object = None
-        """The ASGI scope: a mounted app gets the same one, another request a new one."""
         self.batches: list[Any] = []
         """The `BackgroundTasks` made while it ran (FastAPI makes one for each request)."""
         self.raised: list[BaseException] = []
@@ -290,7 +292,7 @@ class StarletteSource:
                 record.note_problem(problem)
 
     def request_started(self, scope: Any) -> StarletteRequest:
-        info = TaskRequest(scope.get("method", "WEBSOCKET"), scope.get("path", ""))
+        info = TaskRequest(scope.get("method", "WEBSOCKET"), scope["path"])
         request = self.state.request_started(info, StarletteRequest)
         assert isinstance(request, StarletteRequest)  # made by the class given
         request.kind = scope["type"]
