@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, ClassVar
 
 import anyio
@@ -1037,9 +1037,9 @@ def test_tasks_of_a_file_response(bgtasks: BackgroundTaskCapture, tmp_path: Any)
     )
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
-async def test_a_request_cancelled_while_its_task_runs(bgtasks: BackgroundTaskCapture) -> None:
+async def cancel_while_its_first_task_runs() -> Callable[[], Awaitable[None]]:
+    """POST to an app of two tasks, `slow()` then `sync_job("after")`, and cancel the request
+    while `slow()` runs (it waits forever); return `slow`."""
     started = anyio.Event()
 
     async def slow() -> None:
@@ -1054,6 +1054,13 @@ async def test_a_request_cancelled_while_its_task_runs(bgtasks: BackgroundTaskCa
         group.start_soon(client.post, "/work")
         await started.wait()
         group.cancel_scope.cancel()
+    return slow
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_request_cancelled_while_its_task_runs(bgtasks: BackgroundTaskCapture) -> None:
+    await cancel_while_its_first_task_runs()
 
     running, after = bgtasks.tasks
     assert (running.status, running.reason) == (TaskStatus.CANCELLED, "cancelled while running")
@@ -1069,20 +1076,7 @@ async def test_a_request_cancelled_while_its_task_runs(bgtasks: BackgroundTaskCa
 async def test_an_assertion_says_in_a_sentence_how_a_task_was_cancelled(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
-    started = anyio.Event()
-
-    async def slow() -> None:
-        started.set()
-        await anyio.sleep_forever()
-
-    app = apps.fastapi_app((slow, ()), (sync_job, ("after",)))
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-        anyio.create_task_group() as group,
-    ):
-        group.start_soon(client.post, "/work")
-        await started.wait()
-        group.cancel_scope.cancel()
+    slow = await cancel_while_its_first_task_runs()
 
     added = (
         "2 background tasks were added:\n"
