@@ -107,8 +107,9 @@ def test_tasks_held_outside_any_event_loop_run_on_asyncio(bgtasks: BackgroundTas
     import sniffio
 
     seen: list[str] = []
+    app = celery_apps.make_app("where", celery_apps.NOWHERE)
 
-    @celery_apps.celery.task(shared=False)
+    @app.task(shared=False)
     def where() -> None:
         seen.append(sniffio.current_async_library())
 
@@ -146,7 +147,9 @@ class Interrupted(BaseException):
 def test_a_task_that_raises_what_celery_lets_through_fails_and_the_error_goes_on_up(
     bgtasks: BackgroundTaskCapture, mode: str
 ) -> None:
-    @celery_apps.celery.task(shared=False, name=f"interrupted-{mode}")
+    app = celery_apps.make_app("interrupted", celery_apps.NOWHERE)
+
+    @app.task(shared=False)
     def interrupted() -> None:
         raise Interrupted("stop")
 
