@@ -636,6 +636,20 @@ def test_matching_survives_a_failing_eq(bgtasks: BackgroundTaskCapture) -> None:
     assert bgtasks.assert_task_added(task("audit", touchy)) is bgtasks.tasks[0]  # itself
 
 
+def test_a_failing_eq_against_a_parameter_left_to_its_default_is_not_equal(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    class Touchy:
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("do not compare me")
+
+        __hash__ = object.__hash__
+
+    BackgroundTask(send_welcome_email, "a@b.c")  # subject left to its default, "Welcome"
+    bgtasks.assert_task_not_added(send_welcome_email, "a@b.c", subject=Touchy())
+    bgtasks.assert_task_added(send_welcome_email, "a@b.c", subject="Welcome")
+
+
 def test_each_shape_of_call_is_compared_against_its_own_layout(
     bgtasks: BackgroundTaskCapture,
 ) -> None:

@@ -110,18 +110,32 @@ def run_script(pytester: pytest.Pytester, body: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_outside_pytest_wait_after_the_capture_stopped_returns_its_records(
+def test_outside_pytest_wait_returns_the_records_and_free_assertions_ask_for_a_capture(
     pytester: pytest.Pytester,
 ) -> None:
     lines = run_script(
         pytester,
         """
+        import pytest_bgtasks
+
+        def assert_outside():
+            try:
+                pytest_bgtasks.assert_no_tasks()
+            except RuntimeError as error:
+                print("outside:", error)
+
+        assert_outside()  # before any capture: nothing of the plugin is live yet
         with BackgroundTaskCapture() as capture:
             post()
         print("waited:", [str(record.status) for record in capture.wait()])
+        assert_outside()
         """,
     )
-    assert lines == ["waited: ['ran']"]
+    outside = (
+        "outside: assert_no_tasks() needs an active background task capture: request the "
+        "`bgtasks` or `bg_client` fixture (or mark the test with @pytest.mark.bgtasks)."
+    )
+    assert lines == [outside, "waited: ['ran']", outside]
 
 
 @pytest.mark.slow
