@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -182,3 +184,33 @@ def test_a_message_in_a_content_type_the_app_does_not_accept_is_refused_with_its
     manual.assert_listed(record.problem)
     assert done == []  # not run
     bgtasks.assert_task_failed(picky_add, 1, y=2)
+
+
+@pytest.mark.slow  # a Redis-protocol server
+@pytest.mark.bgtasks(mode="worker")
+def test_wait_waits_for_a_task_that_ends_within_its_timeout(
+    bgtasks: BackgroundTaskCapture, bgtasks_redis_url: str
+) -> None:
+    app = celery_apps.make_app("late", bgtasks_redis_url)
+    started, release = threading.Event(), threading.Event()
+
+    @app.task(shared=False)
+    def late() -> None:
+        started.set()
+        release.wait(10)
+
+    late.delay()
+    assert started.wait(10)
+    timer = threading.Timer(1.3, release.set)  # ends 0.7 s before wait() would give up
+    timer.start()
+    try:
+        (record,) = bgtasks.wait(timeout=2)
+    finally:
+        release.set()
+        timer.cancel()
+    assert record.status is TaskStatus.RAN
+
+
+def test_wait_gives_up_after_ten_seconds_unless_told_otherwise() -> None:
+    timeout = inspect.signature(BackgroundTaskCapture.wait).parameters["timeout"]
+    assert timeout.default == 10.0  # as documented
