@@ -134,8 +134,8 @@ def seen(record: TaskRecord) -> bool:
     exc = details.exception
     assert exc is not None
     library = record._source.library
-    request = record._request
-    if details.in_request and request is not None:
+    request = details.failed_in
+    if request is not None:
         escaped = request.error
         return (
             escaped is not None

@@ -130,8 +130,9 @@ class Details:
     simulated: bool = False
     did_nothing: bool = False
     """Failed without raising: `exception` was made to report `problem`."""
-    in_request: bool = False
-    """Whether a failure happened while a request ran the task (not `run_deferred()`)."""
+    failed_in: Request | None = None
+    """The request that was running the task when it failed (none for `run_deferred()`): a
+    task dropped by one request may run in another's batch."""
     raised_at: types.TracebackType | None = None
     """Where the runner caught the task's exception: the task's own frames follow it, what the
     exception went through afterwards comes before it."""
@@ -368,14 +369,14 @@ class TaskRecord:
         exc: BaseException,
         *,
         simulated: bool = False,
-        in_request: bool = False,
+        failed_in: Request | None = None,
         raised_at: types.TracebackType | None = None,
     ) -> None:
         self.status = TaskStatus.FAILED
         details = self._more()
         details.exception = exc
         details.simulated = simulated
-        details.in_request = in_request
+        details.failed_in = failed_in
         details.raised_at = raised_at
 
     def did_nothing(self, problem: str) -> None:

@@ -24,7 +24,7 @@ import anyio
 
 import pytest_bgtasks._messages as _messages
 
-from ._lifecycle import TaskRecord, TaskStatus, current_request, running
+from ._lifecycle import Request, TaskRecord, TaskStatus, current_request, running
 from ._matching import ExpectedTask, Matcher
 from ._settings import Mode
 
@@ -158,8 +158,7 @@ class Runner:
         except BaseException as exc:
             # Inside a request the app stands between the task and the test; a held task run
             # by run_deferred() still carries its request's context, but runs outside it.
-            in_request = not deferred and current_request.get() is not None
-            _raised(record, exc, in_request, exc.__traceback__)
+            _raised(record, exc, None if deferred else current_request.get(), exc.__traceback__)
             raise
         finally:
             running.reset(token)
@@ -317,7 +316,10 @@ class _InContext:
 
 
 def _raised(
-    record: TaskRecord, exc: BaseException, in_request: bool, at: types.TracebackType | None
+    record: TaskRecord,
+    exc: BaseException,
+    failed_in: Request | None,
+    at: types.TracebackType | None,
 ) -> None:
     close_coroutine(record.func)
     if is_cancellation(exc):
@@ -326,7 +328,7 @@ def _raised(
             record, TaskStatus.CANCELLED, "never started: an earlier task was cancelled"
         )
     else:
-        record.failed(exc, in_request=in_request, raised_at=at)
+        record.failed(exc, failed_in=failed_in, raised_at=at)
         _stop_after(record, exc)
 
 

@@ -390,6 +390,38 @@ def test_a_task_dropped_by_one_response_and_run_by_a_later_one_ran(
     assert bgtasks.findings() == []
 
 
+@pytest.mark.bgtasks(on_dropped="ignore")
+def test_a_dropped_task_that_fails_in_a_later_request_s_batch_stops_that_batch(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    kept: list[BackgroundTask] = []
+
+    async def drop(request: Request) -> Response:
+        batch = StarletteBackgroundTasks()
+        batch.add_task(boom, "kept")
+        kept.extend(batch.tasks)  # a cache, say: the response never carries the batch
+        return PlainTextResponse("dropped")
+
+    async def send(request: Request) -> Response:
+        batch = StarletteBackgroundTasks(tasks=kept)
+        batch.add_task(sync_job, "after")
+        return PlainTextResponse("sent", background=batch)
+
+    with TestClient(Starlette(routes=[Route("/drop", drop), Route("/send", send)])) as client:
+        client.get("/drop")
+        with pytest.raises(ZeroDivisionError):
+            client.get("/send")
+
+    failed, after = bgtasks.tasks
+    assert (failed.status, failed.request) == (TaskStatus.FAILED, TaskRequest("GET", "/drop"))
+    assert (after.status, after.reason) == (
+        TaskStatus.NOT_RUN,
+        "not run: an earlier task of its response failed, boom('kept') raised "
+        "ZeroDivisionError('boom kept')",
+    )
+    assert apps.ran == []
+
+
 @pytest.mark.bgtasks(on_dropped="ignore")  # the failed task ran again: reported apart
 @pytest.mark.parametrize("failure", ["real", "simulated"])
 def test_a_task_stopped_by_a_failure_runs_when_its_batch_runs_again(

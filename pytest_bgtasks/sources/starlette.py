@@ -379,7 +379,8 @@ class StarletteSource:
         self, record: TaskRecord, status: TaskStatus, reason: str, *, passed_over: bool = False
     ) -> list[TaskRecord]:
         """Later tasks of the record's batch will not run (Starlette stops at a failure)."""
-        batch = self._batch_of(record) or _calling_batch(record._handle, self.BackgroundTasks)
+        # The batch running it now first: a task dropped by one request may run in another's.
+        batch = _calling_batch(record._handle, self.BackgroundTasks) or self._batch_of(record)
         if batch is None:
             return []
         tasks = list(batch.tasks)
@@ -481,7 +482,7 @@ class StarletteSource:
 
 def _calling_batch(task: Any, batch_class: type[Any]) -> Any:
     """The `BackgroundTasks` whose `__call__` (Starlette's, or FastAPI's) is running `task` now,
-    found up the stack: the batch of a task whose batch was made before the capture started."""
+    found up the stack: it may be none the capture saw made, or another request's."""
     frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "__call__":
