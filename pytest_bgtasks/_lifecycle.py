@@ -393,8 +393,10 @@ class TaskRecord:
 
     def stop(self, status: TaskStatus, reason: str, *, passed_over: bool) -> None:
         """An earlier task of its batch failed or was cancelled: it will not run. `passed_over`
-        when its batch goes on calling it all the same (the failure was simulated)."""
+        when its batch goes on calling it all the same (the failure was simulated). A held
+        task stopped so is unstarted again: it runs if its batch runs again."""
         self.status = status
+        self._called = False
         details = self._more()
         details.reason = reason
         details.passed_over = passed_over
