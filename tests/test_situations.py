@@ -124,6 +124,42 @@ def test_a_task_subclass_with_its_own_call_runs_an_async_function_on_the_task_it
     assert called[0] is made[0]
 
 
+class Counted(BackgroundTask):
+    """A task class whose own `__call__` keeps state on the task, as retrying wrappers do."""
+
+    attempts = 0
+
+    async def __call__(self) -> None:
+        self.attempts += 1
+        await super().__call__()
+
+
+@pytest.mark.parametrize("func", [sync_job, async_job, "replaced"])
+def test_what_a_task_subclass_s_own_call_sets_on_the_task_stays_on_it(
+    bgtasks: BackgroundTaskCapture, func: Any
+) -> None:
+    faked: list[str] = []
+    if func == "replaced":
+        func = sync_job
+        bgtasks.replace(sync_job, faked.append)
+    made: list[Counted] = []
+    app = FastAPI()
+
+    @app.post("/work")
+    def work() -> Response:
+        made.append(Counted(func, "counted"))
+        return Response(background=made[-1])
+
+    with TestClient(app) as client:
+        client.post("/work")
+        client.post("/work")
+
+    assert [task.attempts for task in made] == [1, 1]
+    assert all(task.func is func for task in made)  # what the plugin runs in its place is not
+    assert [record.status for record in bgtasks.tasks] == [TaskStatus.RAN] * 2
+    assert len(apps.ran) + len(faked) == 2
+
+
 def test_a_task_subclass_that_runs_its_function_obeys_the_rules(
     bgtasks: BackgroundTaskCapture,
 ) -> None:

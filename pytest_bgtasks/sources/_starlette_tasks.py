@@ -4,6 +4,7 @@ coroutine or a generator, which Starlette drops)."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,36 @@ from typing import Any
 import pytest_bgtasks._messages as _messages
 
 from .._lifecycle import TaskRecord
-from .._naming import callable_name
+from .._naming import call_shape, callable_name
+
+_SWAPPED = ("func", "args", "kwargs", "is_async")
+"""What `swapped()` changes on the copy it runs."""
+
+
+def swapped(
+    task: Any, fake: Callable[..., Any] | None, is_async: Callable[[Any], bool], keep: Any
+) -> Any:
+    """The task to run: itself, or a copy that runs `fake` in its place, or whose sync function
+    hands what it returns to `keep` (Starlette would drop a coroutine it returned)."""
+    if fake is None and task.is_async:
+        return task
+    runner = copy.copy(task)
+    if fake is not None:
+        runner.func = fake
+        _, runner.args, runner.kwargs = call_shape(task.func, task.args, task.kwargs)
+        runner.is_async = is_async(fake)
+    if not runner.is_async:
+        runner.func = returning(runner.func, keep)
+    return runner
+
+
+def kept_back(task: Any, runner: Any) -> None:
+    """What a subclass's own `__call__` set on the copy it ran (a count of attempts, a result),
+    set on the task itself, as it would be without the copy."""
+    if runner is not task:
+        for name, value in vars(runner).items():
+            if name not in _SWAPPED:
+                setattr(task, name, value)
 
 
 def returning(func: Callable[..., Any], keep: Callable[[Any], None]) -> Any:

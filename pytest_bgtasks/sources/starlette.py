@@ -14,7 +14,6 @@ session that imports Starlette afresh (pytester's in-process runs) gets its own 
 from __future__ import annotations
 
 import contextvars
-import copy
 import importlib
 import sys
 import types
@@ -24,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import pytest_bgtasks._messages as _messages
 
 from .._lifecycle import Request, Site, TaskRecord, TaskRequest, TaskStatus, current_request
-from .._naming import call_shape, callable_name
+from .._naming import callable_name
 from ._patch import Patches, Slot
-from ._starlette_tasks import close_coroutine, did_nothing, misuse, returning
+from ._starlette_tasks import close_coroutine, did_nothing, kept_back, misuse, swapped
 
 if TYPE_CHECKING:
     from .._state import State
@@ -333,15 +332,7 @@ class StarletteSource:
             await original(task)  # the common case: nothing to swap, nothing returned
             return None
         returned: list[Any] = []
-        runner = task
-        if fake is not None or not task.is_async:
-            runner = copy.copy(task)
-            if fake is not None:
-                runner.func = fake
-                _, runner.args, runner.kwargs = call_shape(task.func, task.args, task.kwargs)
-                runner.is_async = self.is_async_callable(fake)
-            if not runner.is_async:
-                runner.func = returning(runner.func, returned.append)
+        runner = swapped(task, fake, self.is_async_callable, returned.append)
         if original is self.base_call:
             await original(runner)
         else:  # a subclass's own __call__, which may call BackgroundTask.__call__ in turn
@@ -350,6 +341,7 @@ class StarletteSource:
                 await original(runner)
             finally:
                 _executing.reset(token)
+                kept_back(task, runner)
         return did_nothing(record, returned[0]) if returned else None
 
     def _call_of(self, cls: type[Any]) -> Any:
