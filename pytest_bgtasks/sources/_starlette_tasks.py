@@ -39,7 +39,7 @@ def kept_back(task: Any, runner: Any) -> None:
     """What a subclass's own `__call__` set on the copy it ran (a count of attempts, a result),
     set on the task itself, as it would be without the copy."""
     if runner is not task:
-        state: dict[str, Any] = vars(runner)
+        state: dict[str, Any] = runner.__dict__
         for name, value in state.items():
             if name not in _SWAPPED:
                 setattr(task, name, value)
