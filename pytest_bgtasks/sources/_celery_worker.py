@@ -52,7 +52,11 @@ class InProcessWorker:
 
     def start(self) -> None:
         self.thread.start()
-        if not self.controller._on_started.wait(READY_TIMEOUT):
+        started, deadline = self.controller._on_started, time.monotonic() + READY_TIMEOUT
+        # A worker that cannot start (its broker is down) ends its thread: no need to wait on.
+        while not started.wait(0.05) and self.thread.is_alive() and time.monotonic() < deadline:
+            pass
+        if not started.is_set():
             self.stop()
             raise TimeoutError(_messages.worker_not_ready(self.app.main, self.app.conf.broker_url))
 
