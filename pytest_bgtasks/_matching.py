@@ -103,13 +103,10 @@ def expected_call(
     caller: str, target: object, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> ExpectedTask:
     """The `target, *args, **kwargs` of an assertion as one expected call."""
-    if isinstance(target, ExpectedTask):
-        if args or kwargs:
-            raise TypeError(f"{caller} takes either task(...) or a function and its arguments.")
-        return target
+    if isinstance(target, ExpectedTask) and (args or kwargs):
+        raise TypeError(f"{caller} takes either task(...) or a function and its arguments.")
     expected = expected_task(target, caller, args, kwargs)
-    if args or kwargs:
-        check_fits(expected, caller)
+    check_fits(expected, caller)  # an ExpectedTask made by hand, not by task(), too
     return expected
 
 

@@ -345,6 +345,20 @@ def test_an_expected_call_that_cannot_fit_is_a_type_error(bgtasks: BackgroundTas
     )
 
 
+def test_an_expected_task_made_by_hand_that_cannot_fit_is_a_type_error_too(
+    bgtasks: BackgroundTaskCapture,
+) -> None:
+    schedule((send_welcome_email, "a@b.com"))
+    by_hand = ExpectedTask(send_welcome_email, ("a@b.com",), {"to": "x"})  # not task(): unchecked
+    for assertion in (bgtasks.assert_task_added, bgtasks.assert_task_not_added):
+        with pytest.raises(TypeError) as error:
+            assertion(by_hand)
+        assert str(error.value) == (
+            f"{assertion.__name__}(): send_welcome_email('a@b.com', to='x') does not fit "
+            "send_welcome_email(email, subject='Welcome'): no parameter named 'to'."
+        )
+
+
 def test_closest_without_a_signature_compares_positions_and_keywords(
     bgtasks: BackgroundTaskCapture,
 ) -> None:
