@@ -9,11 +9,14 @@ standard library starts and stops it.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from typing import IO
@@ -49,6 +52,13 @@ def _free_port() -> int:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _dies_with_us() -> None:
+    """Linux: the server is sent SIGTERM when the process that started it ends, even killed
+    (a CI timeout, SIGKILL), so none is left running. Run in the server's process before it
+    starts; the session fixture starts it from the main thread, which lives as long."""
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _answers(port: int) -> bool:
@@ -94,6 +104,7 @@ class RedisServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=_dies_with_us if sys.platform == "linux" else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._process.poll() is None:

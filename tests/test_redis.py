@@ -11,9 +11,11 @@ import importlib
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +207,28 @@ def test_a_server_directory_already_gone_at_the_end_is_no_error(
         """
     )
     pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_the_server_goes_when_the_process_that_started_it_is_killed(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        import signal
+
+
+        def test_it(bgtasks_redis_url):
+            print("URL", bgtasks_redis_url, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # no teardown, no atexit: a CI timeout's way
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    assert result.ret == -signal.SIGKILL
+    url = url_of(result)
+    # Linux tells the server its parent is gone (PR_SET_PDEATHSIG): it stops on SIGTERM.
+    for _ in range(200):
+        if not answers(url):
+            break
+        time.sleep(0.05)
+    assert not answers(url)
