@@ -19,7 +19,10 @@ _SWAPPED = ("func", "args", "kwargs", "is_async")
 
 
 def swapped(
-    task: Any, fake: Callable[..., Any] | None, is_async: Callable[[Any], bool], keep: Any
+    task: Any,
+    fake: Callable[..., Any] | None,
+    is_async: Callable[[Any], bool],
+    keep: Callable[[Any], None],
 ) -> Any:
     """The task to run: itself, or a copy that runs `fake` in its place, or whose sync function
     hands what it returns to `keep` (Starlette would drop a coroutine it returned)."""
